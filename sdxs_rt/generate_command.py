@@ -1,0 +1,196 @@
+"""`sdxs-rt generate`: validate everything cheap first, then load, sample, save atomically."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sdxs_rt import __version__
+from sdxs_rt.errors import UsageError
+from sdxs_rt.images import check_outputs, output_paths, save_png
+from sdxs_rt.metadata import ImageRecord, png_info
+from sdxs_rt.params import GenerationParams
+from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
+from sdxs_rt.rng import RNG_NAME, random_seed
+from sdxs_rt.samplers import SCHEDULER_LABELS
+
+
+@dataclass(frozen=True)
+class Job:
+    """One prompt's share of the run: its parameters and the files its images go to."""
+
+    params: GenerationParams
+    paths: list[Path]
+
+
+def plan_jobs(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> list[Job]:
+    """Seeds and output paths for the whole run, decided (and checked) before any model loads."""
+    if args.seed is not None and args.seed < -1:
+        raise UsageError(f"seed must be a whole number >= 0 (or -1 for random), got {args.seed}")
+    per_prompt = args.batch_size * args.count
+    first_seed = random_seed() if args.seed in (None, -1) else args.seed
+    base = GenerationParams(
+        prompt=prompts[0],
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=args.cfg,
+        width=size[0],
+        height=size[1],
+        seed=first_seed,
+        scheduler=args.scheduler,
+        num_images=per_prompt,
+        batch_size=args.batch_size,
+    )
+    check_preview_args(args)
+    seeds = [first_seed + i for i in range(per_prompt * len(prompts))]
+    replace(base, num_images=len(seeds)).validate()  # also checks the last seed fits
+    paths = output_paths(args.output, seeds)
+    check_outputs(paths, overwrite=args.overwrite)
+    return [
+        Job(
+            replace(base, prompt=prompt, seed=seeds[k * per_prompt]),
+            paths[k * per_prompt : (k + 1) * per_prompt],
+        )
+        for k, prompt in enumerate(prompts)
+    ]
+
+
+def check_preview_args(args: argparse.Namespace) -> None:
+    if args.preview_every < 0:
+        raise UsageError(f"--preview-every must be >= 0, got {args.preview_every}")
+    if args.preview_path and not args.preview_every:
+        raise UsageError("--preview-path needs --preview-every N")
+
+
+def load_pipeline(args: argparse.Namespace) -> Pipeline:
+    return Pipeline.from_pretrained(
+        args.model,
+        text_encoder=args.text_encoder,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.precision,
+        variant=args.variant,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+class Reporter:
+    """Progress on stderr (a bar only on a TTY), results on stdout with --json."""
+
+    def __init__(self, args: argparse.Namespace, total_steps: int) -> None:
+        self.json = args.json
+        self.quiet = args.quiet
+        self.bar = None
+        if not args.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def log(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def image(self, payload: dict[str, Any]) -> None:
+        self.log(f"seed {payload['seed']} -> {payload['path']}")
+        if self.json:
+            print(json.dumps(payload, ensure_ascii=False), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def make_record(pipe: Pipeline, params: GenerationParams, seed: int) -> ImageRecord:
+    info = pipe.info
+    scheduler = params.scheduler or pipe.default_scheduler
+    return ImageRecord(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        seed=seed,
+        width=params.width,
+        height=params.height,
+        scheduler=scheduler,
+        scheduler_label=SCHEDULER_LABELS[scheduler],
+        model=str(info.get("model", "")),
+        model_hash=str(info.get("model_hash", "")),
+        backend=str(info.get("backend", "")),
+        precision=str(info.get("precision", "")),
+        device=str(info.get("device", "")),
+        rng=RNG_NAME,
+        version=__version__,
+        text_encoder=str(info.get("text_encoder", "")),
+        variant=info.get("variant"),
+    )
+
+
+def save_image(
+    args: argparse.Namespace, pipe: Pipeline, job: Job, event: ImageEvent
+) -> dict[str, Any]:
+    path = job.paths[event.index]
+    record = make_record(pipe, job.params, event.seed)
+    pnginfo = None if args.no_metadata else png_info(record)
+    save_png(event.image, path, pnginfo=pnginfo, overwrite=args.overwrite)
+    return {
+        "path": str(path),
+        "seed": event.seed,
+        "prompt": job.params.prompt,
+        "negative_prompt": job.params.negative_prompt,
+        "steps": job.params.num_inference_steps,
+        "cfg": job.params.guidance_scale,
+        "width": job.params.width,
+        "height": job.params.height,
+        "scheduler": record.scheduler,
+        "backend": record.backend,
+        "device": record.device,
+        "precision": record.precision,
+        "model": record.model,
+        "timings": {k: round(v, 4) for k, v in event.timings.items()},
+    }
+
+
+def preview_target(args: argparse.Namespace, job: Job) -> Path:
+    if args.preview_path:
+        return Path(args.preview_path)
+    return job.paths[0].with_name("preview.png")
+
+
+def save_preview(args: argparse.Namespace, pipe: Pipeline, job: Job, event: StepEvent) -> None:
+    if not args.preview_every or (event.step + 1) % args.preview_every:
+        return
+    image = pipe.decode(event.denoised)[0]
+    save_png(image, preview_target(args, job), overwrite=True)
+
+
+def run_generate(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> int:
+    jobs = plan_jobs(args, prompts, size)
+    pipe = load_pipeline(args)
+    total_steps = sum(
+        j.params.num_inference_steps * -(-j.params.num_images // j.params.batch_size) for j in jobs
+    )
+    reporter = Reporter(args, total_steps)
+    try:
+        for job in jobs:
+            reporter.log(f"prompt {job.params.prompt!r}, seeds from {job.params.seed}")
+            for event in pipe.generate(params=job.params):
+                if isinstance(event, StepEvent):
+                    reporter.step()
+                    save_preview(args, pipe, job, event)
+                else:
+                    reporter.image(save_image(args, pipe, job, event))
+    finally:
+        reporter.close()
+    return 0

@@ -1,0 +1,277 @@
+"""The generator loop: prompts -> embeddings -> sampler steps -> decoded images.
+
+The pipeline is handed its components (DESIGN.md) and never asks which backend it has.
+`generate()` yields a `StepEvent` after every sampler step and an `ImageEvent` per finished
+image; stopping the iteration (or `cancel()`, from any thread) means nothing more is decoded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
+from sdxs_rt.errors import UsageError
+from sdxs_rt.guidance import guided_model
+from sdxs_rt.images import to_pil_images
+from sdxs_rt.params import GenerationParams
+from sdxs_rt.rng import BatchNoise, random_seed, seeds_for
+from sdxs_rt.samplers import SCHEDULER_NAMES, sample
+from sdxs_rt.schedules import SchedulerConfig
+
+# Backends are plugins, imported by name only when asked for: the core never depends on one.
+BACKEND_MODULES = {
+    "torch": "sdxs_rt.backends.torch",
+    "onnx": "sdxs_rt.backends.onnx",
+    "tensorrt": "sdxs_rt.backends.tensorrt",
+}
+
+# The diffusers scheduler class a model ships -> our native sampler of the same maths.
+SCHEDULER_BY_CLASS = {
+    "DDPMScheduler": "ddpm",
+    "DDIMScheduler": "ddim",
+    "EulerDiscreteScheduler": "euler",
+    "EulerAncestralDiscreteScheduler": "euler_a",
+    "DPMSolverMultistepScheduler": "dpmpp_2m",
+}
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    image_index: int  # index of the first image of the batch being sampled
+    seeds: tuple[int, ...]
+    step: int  # 0-based
+    total_steps: int
+    timestep: float
+    latents: Array
+    denoised: Array
+    seconds: float  # wall time of this step
+
+
+@dataclass(frozen=True)
+class ImageEvent:
+    index: int
+    seed: int
+    image: Image.Image
+    timings: dict[str, float]
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    cancelled: bool = False
+
+
+def default_scheduler(config: dict[str, Any]) -> str:
+    class_name = config.get("_class_name", "DDPMScheduler")
+    name = SCHEDULER_BY_CLASS.get(class_name)
+    if name == "dpmpp_2m" and config.get("use_karras_sigmas"):
+        return "dpmpp_2m_karras"
+    return name or "ddpm"
+
+
+def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
+    """Model latents -> VAE latents: `z * std / scaling_factor + mean` (per channel)."""
+
+    def per_channel(value: tuple[float, ...] | float) -> Any:
+        if isinstance(value, (int, float)):
+            return float(value)
+        return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
+
+    std, mean = per_channel(scaling.std), per_channel(scaling.mean)
+    return latents * std / scaling.scaling_factor + mean
+
+
+class Pipeline:
+    """SDXS text-to-image with classifier-free guidance and native schedulers."""
+
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.scheduler_config = SchedulerConfig.from_dict(components.scheduler_config)
+        self.default_scheduler = default_scheduler(components.scheduler_config)
+        self._negative_cache: dict[str, Array] = {}
+        self._cancel = threading.Event()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        text_encoder: str | None = None,
+        backend: str = "torch",
+        device: str = "cpu",
+        dtype: str = "fp32",
+        variant: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> Pipeline:
+        """Load a diffusers-format folder or hub id (None: the built-in default model)."""
+        if backend not in BACKEND_MODULES:
+            raise UsageError(
+                f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_MODULES)}"
+            )
+        module = importlib.import_module(BACKEND_MODULES[backend])
+        components = module.load_components(
+            model,
+            text_encoder=text_encoder,
+            device=device,
+            precision=dtype,
+            variant=variant,
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(components)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.components.info
+
+    def cancel(self) -> None:
+        """Stop the running generation before its next step; safe from any thread."""
+        self._cancel.set()
+
+    def encode_prompt(self, prompt: str) -> Array:
+        return self.components.text_encoder([prompt])
+
+    def encode_negative(self, negative_prompt: str) -> Array:
+        # The negative prompt is nearly always the same ("" by default): encode it once.
+        if negative_prompt not in self._negative_cache:
+            self._negative_cache[negative_prompt] = self.components.text_encoder([negative_prompt])
+        return self._negative_cache[negative_prompt]
+
+    def decode(self, latents: Array) -> list[Image.Image]:
+        """Model latents (B, C, h, w) -> PIL images, the model card's way."""
+        c = self.components
+        decoded = c.vae_decoder(unscale_latents(latents, c.latent_scaling, c.ops))
+        return to_pil_images(c.ops.to_host(decoded))
+
+    def resolve(self, params: GenerationParams) -> tuple[GenerationParams, str]:
+        """Validate, pick the scheduler and fix the seed, so the run can be recorded."""
+        params.validate()
+        scheduler = params.scheduler or self.default_scheduler
+        if scheduler not in SCHEDULER_NAMES:
+            names = ", ".join(SCHEDULER_NAMES)
+            raise UsageError(f"unknown scheduler {scheduler!r}; choose one of: {names}")
+        seed = random_seed() if params.seed is None else params.seed
+        resolved = GenerationParams(**{**params.__dict__, "seed": seed, "scheduler": scheduler})
+        return resolved, scheduler
+
+    def generate(self, prompt: str = "", **kwargs: Any) -> Iterator[StepEvent | ImageEvent]:
+        """Step-by-step form: yields a StepEvent per step and an ImageEvent per image."""
+        params = kwargs.pop("params", None) or GenerationParams(prompt=prompt, **kwargs)
+        params, scheduler = self.resolve(params)
+        self._cancel.clear()
+        try:
+            yield from self._generate(params, scheduler)
+        finally:
+            self._cancel.clear()
+
+    def __call__(self, prompt: str = "", **kwargs: Any) -> GenerationResult:
+        result = GenerationResult()
+        start = time.perf_counter()
+        for event in self.generate(prompt, **kwargs):
+            if isinstance(event, ImageEvent):
+                result.images.append(event.image)
+                result.seeds.append(event.seed)
+                for key, value in event.timings.items():
+                    result.timings[key] = result.timings.get(key, 0.0) + value
+        result.cancelled = len(result.images) < kwargs.get("num_images", 1)
+        result.timings["total"] = time.perf_counter() - start
+        return result
+
+    def _generate(
+        self, params: GenerationParams, scheduler: str
+    ) -> Iterator[StepEvent | ImageEvent]:
+        assert params.seed is not None
+        started = time.perf_counter()
+        cond = self.encode_prompt(params.prompt)
+        uncond = None
+        if params.guidance_scale > 1.0:
+            uncond = self.encode_negative(params.negative_prompt)
+        text_seconds = time.perf_counter() - started
+        all_seeds = seeds_for(params.seed, params.num_images)
+        for first in range(0, params.num_images, params.batch_size):
+            seeds = all_seeds[first : first + params.batch_size]
+            batch = _Batch(first, tuple(seeds), text_seconds if first == 0 else 0.0)
+            yield from self._generate_batch(params, scheduler, batch, cond, uncond)
+            if self._cancel.is_set():
+                return
+
+    def _generate_batch(
+        self,
+        params: GenerationParams,
+        scheduler: str,
+        batch: _Batch,
+        cond: Array,
+        uncond: Array | None,
+    ) -> Iterator[StepEvent | ImageEvent]:
+        c = self.components
+        ops = c.ops
+        size = len(batch.seeds)
+        shape = (
+            c.latent_channels,
+            params.height // c.vae_scale_factor,
+            params.width // c.vae_scale_factor,
+        )
+        noise = BatchNoise(batch.seeds, shape)
+        context = _repeat(cond, size, ops)
+        uncontext = None if uncond is None else _repeat(uncond, size, ops)
+        model = guided_model(c.unet, context, uncontext, params.guidance_scale, ops)
+        x_T = ops.from_host(noise.draw())
+        steps = sample(
+            scheduler,
+            model,
+            x_T,
+            self.scheduler_config,
+            params.num_inference_steps,
+            lambda: ops.from_host(noise.draw()),
+            ops,
+        )
+        latents, sampling_seconds, tick = x_T, 0.0, time.perf_counter()
+        for step in steps:
+            if self._cancel.is_set():
+                return
+            now = time.perf_counter()
+            sampling_seconds += now - tick
+            yield StepEvent(
+                batch.first, batch.seeds, step.index, params.num_inference_steps,
+                step.timestep, step.latents, step.denoised, now - tick,
+            )  # fmt: skip
+            latents, tick = step.latents, time.perf_counter()
+        if self._cancel.is_set():
+            return
+        yield from self._decode(latents, batch, sampling_seconds)
+
+    def _decode(
+        self, latents: Array, batch: _Batch, sampling_seconds: float
+    ) -> Iterator[ImageEvent]:
+        started = time.perf_counter()
+        images = self.decode(latents)
+        decode_seconds = time.perf_counter() - started
+        share = 1.0 / len(images)  # timings are per batch: split them evenly per image
+        for offset, (seed, image) in enumerate(zip(batch.seeds, images, strict=True)):
+            timings = {
+                "text_encode": batch.text_seconds * share,
+                "sampling": sampling_seconds * share,
+                "decode": decode_seconds * share,
+            }
+            yield ImageEvent(batch.first + offset, seed, image, timings)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    first: int
+    seeds: tuple[int, ...]
+    text_seconds: float
+
+
+def _repeat(embedding: Array, count: int, ops: ArrayOps) -> Array:
+    """(1, D) pooled embedding -> (count, 1, D) encoder_hidden_states."""
+    return ops.concat([embedding] * count)[:, None]
