@@ -213,7 +213,7 @@ def _text_config(vocab_size: int) -> dict[str, Any]:
         bos_token_id=0,
         eos_token_id=2,
     )
-    data = config.to_dict()
+    data = config.to_diff_dict()
     data.pop("transformers_version", None)  # keeps the bytes independent of the install
     return data
 

@@ -1,0 +1,276 @@
+"""Mexma-SigLIP-style text encoders for the torch backend: prompts -> pooled (B, 1152) vectors.
+
+Two ways to load the same checkpoint:
+- `RemoteCodeTextEncoder`: the model card's way (`AutoModel(..., trust_remote_code=True)` and
+  its `encode_texts`). Runs code shipped with the checkpoint, so only on explicit opt-in.
+- `NativeTextEncoder`: no remote code. XLM-RoBERTa from transformers plus the projection found
+  in the safetensors file, CLS pooling. Refuses a layout it does not recognise.
+
+Both tokenize without padding to 512 (MODEL.md, fact 2: with an attention mask the CLS vector
+is the same, and 20x cheaper); `pad_to_max_length=True` reproduces the card for comparisons.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from sdxs_rt.errors import ModelFormatError
+from sdxs_rt.loading import TextEncoderFiles
+
+MAX_TOKENS = 512  # the card truncates at 512; XLM-R has 514 positions (2 are offsets)
+TOWER_MARKER = "embeddings.word_embeddings.weight"
+PROJECTION_NAMES = ("text_projector", "text_projection")
+IGNORED_TOWER_KEYS = ("pooler.", "embeddings.position_ids")  # unused / non-persistent buffer
+XLM_R_TYPES = ("xlm-roberta", None)
+
+
+class PooledTextEncoder:
+    """Shared part: tokenization (unpadded batch + mask), device/dtype, inference mode."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        device: torch.device,
+        dtype: torch.dtype,
+        pad_to_max_length: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.pad_to_max_length = pad_to_max_length
+        self.width = 0  # set by the loaders once the projection is known
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        if isinstance(prompts, str):  # a lone string is a Sequence[str] of characters
+            prompts = [prompts]
+        if not prompts:
+            return torch.empty(0, self.width, device=self.device, dtype=self.dtype)
+        input_ids, attention_mask = self.tokenize(prompts)
+        with torch.inference_mode():
+            embeds = self._encode(input_ids.to(self.device), attention_mask.to(self.device))
+        return embeds.to(self.dtype)
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) int64 tensors, truncated at 512 tokens with a warning."""
+        _warn_if_truncated(self.tokenizer, prompts)
+        padding = "max_length" if self.pad_to_max_length else "longest"
+        batch = self.tokenizer(
+            list(prompts),
+            padding=padding,
+            max_length=MAX_TOKENS,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return batch["input_ids"], batch["attention_mask"]
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RemoteCodeTextEncoder(PooledTextEncoder):
+    """The card's loader: the checkpoint's own code, called through `encode_texts`."""
+
+    model: Any
+
+    @classmethod
+    def load(
+        cls,
+        files: TextEncoderFiles,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        pad_to_max_length: bool = False,
+    ) -> RemoteCodeTextEncoder:
+        encoder = cls(load_tokenizer(files), torch.device(device), dtype, pad_to_max_length)
+        encoder.model = _load_remote_model(files, encoder.device, dtype)
+        encoder.width = int(encoder([""]).shape[-1])  # whatever the remote code projects to
+        return encoder
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.encode_texts(input_ids, attention_mask)
+        if embeds.ndim == 3 and embeds.shape[1] == 1:  # (B, 1, D) -> (B, D)
+            embeds = embeds[:, 0]
+        return embeds
+
+
+class NativeTextEncoder(PooledTextEncoder):
+    """XLM-RoBERTa tower + linear projection, CLS pooling; no code from the checkpoint."""
+
+    tower: nn.Module
+    projection: nn.Linear
+
+    @classmethod
+    def load(
+        cls,
+        files: TextEncoderFiles,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        pad_to_max_length: bool = False,
+    ) -> NativeTextEncoder:
+        text_config = xlm_roberta_config(files)
+        tower_prefix, projection_name = find_layout(files, _all_keys(files))
+        encoder = cls(load_tokenizer(files), torch.device(device), dtype, pad_to_max_length)
+        encoder.tower = _load_tower(files, text_config, tower_prefix)
+        encoder.projection = _load_projection(files, projection_name)
+        encoder.tower.to(encoder.device, dtype).eval()
+        encoder.projection.to(encoder.device, dtype).eval()
+        encoder.width = encoder.projection.out_features
+        return encoder
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.tower(input_ids=input_ids, attention_mask=attention_mask)
+        return self.projection(hidden.last_hidden_state[:, 0])  # CLS pooling
+
+
+def load_text_encoder(
+    files: TextEncoderFiles,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    pad_to_max_length: bool = False,
+) -> PooledTextEncoder:
+    """Native unless the user opted in to running the checkpoint's own code."""
+    loader = RemoteCodeTextEncoder if trust_remote_code else NativeTextEncoder
+    return loader.load(files, device, dtype, pad_to_max_length)
+
+
+def load_tokenizer(files: TextEncoderFiles) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(files.tokenizer_dir))
+
+
+def _warn_if_truncated(tokenizer: Any, prompts: Sequence[str]) -> None:
+    lengths = [len(ids) for ids in tokenizer(list(prompts), verbose=False)["input_ids"]]
+    too_long = [n for n in lengths if n > MAX_TOKENS]
+    if too_long:
+        warnings.warn(
+            f"{len(too_long)} prompt(s) have {max(too_long)} tokens; the text encoder reads "
+            f"only the first {MAX_TOKENS}, the rest is ignored.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+# --- remote code ------------------------------------------------------------------------
+
+
+def _load_remote_model(files: TextEncoderFiles, device: torch.device, dtype: torch.dtype) -> Any:
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(
+            str(files.dir), trust_remote_code=True, dtype=dtype, use_safetensors=True
+        )
+    except (ValueError, OSError, KeyError, AttributeError) as exc:
+        raise ModelFormatError(
+            f"{files.dir} could not be loaded with its remote code ({_first_line(exc)})."
+        ) from None
+    if not callable(getattr(model, "encode_texts", None)):
+        raise ModelFormatError(
+            f"The text encoder in {files.dir} ({type(model).__name__}) has no encode_texts "
+            "method; sdxs-rt needs a Mexma-SigLIP-style model."
+        )
+    return model.to(device, dtype).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+# --- native layout ----------------------------------------------------------------------
+
+
+def xlm_roberta_config(files: TextEncoderFiles) -> dict[str, Any]:
+    """The XLM-R config: nested `text_config` (Mexma-SigLIP) or the top-level config itself."""
+    config = files.config
+    nested = config.get("text_config")
+    candidate = nested if isinstance(nested, dict) else config
+    if candidate.get("model_type") in XLM_R_TYPES and "hidden_size" in candidate:
+        return {k: v for k, v in candidate.items() if k != "model_type"}
+    raise ModelFormatError(
+        f"{files.dir / 'config.json'} describes a text encoder the native loader does not know "
+        f"(model_type {config.get('model_type')!r}, architectures {config.get('architectures')}, "
+        f"text model_type {candidate.get('model_type')!r}); expected an XLM-RoBERTa text tower "
+        "(use --trust-remote-code to run the checkpoint's own code)."
+    )
+
+
+def find_layout(files: TextEncoderFiles, keys: list[str]) -> tuple[str, str]:
+    """(tower key prefix, projection module name), or ModelFormatError naming what is there."""
+    tower_prefixes = sorted(
+        {k[: -len(TOWER_MARKER)] for k in keys if k.endswith(TOWER_MARKER)}
+        - {"vision_model."}  # a vision tower is never the text tower
+    )
+    projections = [name for name in PROJECTION_NAMES if f"{name}.weight" in keys]
+    if len(tower_prefixes) == 1 and len(projections) == 1:
+        return tower_prefixes[0], projections[0]
+    top_level = sorted({k.split(".", 1)[0] for k in keys})
+    raise ModelFormatError(
+        f"The weights in {files.dir} have a layout the native text encoder does not recognise "
+        f"(top-level names: {', '.join(top_level[:12]) or 'none'}; model_type "
+        f"{files.config.get('model_type')!r}, architectures {files.config.get('architectures')}); "
+        "expected an XLM-R tower (e.g. text_model.*) and text_projector.weight."
+    )
+
+
+def _all_keys(files: TextEncoderFiles) -> list[str]:
+    from safetensors import safe_open
+
+    keys: list[str] = []
+    for path in files.weights:
+        with safe_open(str(path), framework="pt") as handle:
+            keys.extend(handle.keys())
+    return keys
+
+
+def _read_tensors(files: TextEncoderFiles, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors under `prefix` (prefix stripped), read lazily: a vision tower is never loaded."""
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files.weights:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            for key in list(handle.keys()):  # safe_open handles are not iterable
+                if key.startswith(prefix):
+                    tensors[key[len(prefix) :]] = handle.get_tensor(key)
+    return tensors
+
+
+def _load_tower(files: TextEncoderFiles, text_config: dict[str, Any], prefix: str) -> nn.Module:
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    tower = XLMRobertaModel(XLMRobertaConfig(**text_config), add_pooling_layer=False)
+    state = {
+        k: v
+        for k, v in _read_tensors(files, prefix).items()
+        if not k.startswith(IGNORED_TOWER_KEYS)
+    }
+    if prefix == "":  # a bare XLM-R checkpoint: projection (and more) sit beside the tower
+        state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder."))}
+    try:
+        tower.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFormatError(
+            f"The text tower weights in {files.dir} (under {prefix or 'the top level'!r}) do "
+            f"not match its config: {_first_line(exc)}"
+        ) from None
+    return tower
+
+
+def _load_projection(files: TextEncoderFiles, name: str) -> nn.Linear:
+    tensors = _read_tensors(files, f"{name}.")
+    weight, bias = tensors["weight"], tensors.get("bias")
+    if weight.ndim != 2:
+        raise ModelFormatError(f"{name}.weight in {files.dir} should be 2-D, not {weight.ndim}-D.")
+    projection = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        projection.weight.copy_(weight)
+        if bias is not None:
+            projection.bias.copy_(bias)
+    return projection
