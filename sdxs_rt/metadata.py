@@ -1,0 +1,360 @@
+"""Generation metadata in PNG text chunks: A1111's `parameters` text and our own `sdxs_rt` JSON.
+
+`parameters` is written exactly like AUTOMATIC1111 so that A1111, ComfyUI, Fooocus and Civitai read
+it; `sdxs_rt` holds everything needed to replay the image exactly. The parser follows A1111's
+`parse_generation_parameters` (modules/infotext_utils.py) so that what we write reads back the same
+in A1111 itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from sdxs_rt.errors import ModelNotFoundError, UsageError
+
+FORMAT_VERSION = 1
+PARAMETERS_KEY = "parameters"
+SDXS_RT_KEY = "sdxs_rt"
+NEGATIVE_PREFIX = "Negative prompt:"
+VERSION_PREFIX = "sdxs-rt "
+
+# A1111's own regex (infotext_utils.re_param_code): one `key: value` of the parameter line.
+RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
+MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
+
+# Our native schedulers under the names A1111 shows in its Sampler menu.
+SCHEDULER_LABELS = {
+    "ddpm": "DDPM",
+    "ddim": "DDIM",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+}
+SCHEDULER_BY_LABEL = {label.lower(): name for name, label in SCHEDULER_LABELS.items()}
+
+
+@dataclass
+class ImageRecord:
+    """Everything needed to replay one image exactly (stored as the `sdxs_rt` chunk)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+    width: int
+    height: int
+    scheduler: str
+    scheduler_label: str
+    model: str
+    model_hash: str
+    backend: str
+    precision: str
+    device: str
+    rng: str
+    version: str
+    text_encoder: str
+    variant: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT_VERSION, **asdict(self)}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageRecord:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"the sdxs_rt metadata is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError("the sdxs_rt metadata is not a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
+        """Build a record from the chunk's dict; unknown keys (newer writers) land in `extra`."""
+        known = {f.name for f in fields(cls)}
+        missing = sorted(n for n in known - {"variant", "extra"} if n not in data)
+        if missing:
+            raise UsageError(f"the sdxs_rt metadata lacks {', '.join(missing)}")
+        values = {k: v for k, v in data.items() if k in known}
+        unknown = {k: v for k, v in data.items() if k not in known and k != "format"}
+        values["extra"] = {**unknown, **dict(values.get("extra") or {})}
+        return cls(**values)
+
+
+@dataclass
+class ParsedParameters:
+    """A1111 `parameters` text split the way A1111 splits it; values are raw strings."""
+
+    prompt: str
+    negative_prompt: str
+    params: dict[str, str]
+
+
+# ---------------------------------------------------------------- writing A1111 text
+
+
+def quote(value: object) -> str:
+    """A1111's quote(): JSON-quote values that would break the `k: v, k: v` line.
+
+    Beyond A1111, values its own parser would misread are quoted too: ones that start with `"`
+    (it would json-decode them) and ones with surrounding whitespace (it would strip it).
+    """
+    text = str(value)
+    if any(c in text for c in ",:\n") or text.startswith('"') or text != text.strip():
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def parameter_items(record: ImageRecord) -> list[tuple[str, object]]:
+    """The parameter line's keys in A1111's order, then our own keys."""
+    return [
+        ("Steps", record.steps),
+        ("Sampler", record.scheduler_label),
+        ("CFG scale", float(record.guidance_scale)),  # A1111 stores a float: 7 -> "7.0"
+        ("Seed", record.seed),
+        ("Size", f"{record.width}x{record.height}"),
+        ("Model hash", record.model_hash),
+        ("Model", record.model),
+        ("Version", f"{VERSION_PREFIX}{record.version}"),
+        ("Backend", record.backend),
+        ("RNG", record.rng),
+        ("Precision", record.precision),
+        ("Scheduler", record.scheduler),
+    ]
+
+
+def format_parameters(record: ImageRecord) -> str:
+    """The PNG `parameters` text exactly as A1111's create_infotext writes it."""
+    # Empty values are left out: A1111's parser drops `Key: ` with an error anyway.
+    line = ", ".join(
+        f"{key}: {quote(value)}" for key, value in parameter_items(record) if str(value) != ""
+    )
+    negative = f"\n{NEGATIVE_PREFIX} {record.negative_prompt}" if record.negative_prompt else ""
+    return f"{record.prompt}{negative}\n{line}".strip()
+
+
+# ---------------------------------------------------------------- reading A1111 text
+
+
+def unquote(value: str) -> str:
+    """A1111's unquote(): json-decode a quoted value, keep it as is when that fails."""
+    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
+        return value
+    try:
+        decoded = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+def split_prompts(lines: list[str]) -> tuple[str, str]:
+    """A1111's rule: a `Negative prompt:` line starts the negative, and later lines belong to it."""
+    prompt: list[str] = []
+    negative: list[str] = []
+    done_with_prompt = False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(NEGATIVE_PREFIX):
+            done_with_prompt = True
+            line = line[len(NEGATIVE_PREFIX) :].strip()
+        (negative if done_with_prompt else prompt).append(line)
+    return _join_a1111(prompt), _join_a1111(negative)
+
+
+def _join_a1111(lines: list[str]) -> str:
+    # A1111 adds "\n" only once the text is non-empty, so leading empty lines vanish.
+    text = ""
+    for line in lines:
+        text += ("" if text == "" else "\n") + line
+    return text
+
+
+def parse_parameters(text: str) -> ParsedParameters:
+    """Split A1111 `parameters` text into prompt, negative prompt and `key: value` pairs."""
+    *lines, last = text.strip().split("\n")
+    if len(RE_PARAM.findall(last)) < MIN_PARAMETER_MATCHES:
+        lines.append(last)
+        last = ""
+    prompt, negative = split_prompts(lines)
+    params = {key: unquote(value) for key, value in RE_PARAM.findall(last)}
+    return ParsedParameters(prompt=prompt, negative_prompt=negative, params=params)
+
+
+# ---------------------------------------------------------------- A1111 keys -> our fields
+
+
+def _size(value: str) -> dict[str, Any]:
+    match = RE_SIZE.match(value.strip())
+    if match is None:
+        raise ValueError(value)
+    return {"width": int(match.group(1)), "height": int(match.group(2))}
+
+
+def _version(value: str) -> dict[str, Any]:
+    if not value.startswith(VERSION_PREFIX):
+        raise ValueError(value)  # another tool's version (A1111 "v1.10.1"): kept in extra
+    return {"version": value[len(VERSION_PREFIX) :]}
+
+
+def _scheduler(value: str) -> dict[str, Any]:
+    if value not in SCHEDULER_LABELS:
+        raise ValueError(value)
+    return {"scheduler": value}
+
+
+CONVERTERS: dict[str, Any] = {
+    "Steps": lambda v: {"steps": int(v)},
+    "CFG scale": lambda v: {"guidance_scale": float(v)},
+    "Seed": lambda v: {"seed": int(v)},
+    "Size": _size,
+    "Sampler": lambda v: {"scheduler_label": v},
+    "Model hash": lambda v: {"model_hash": v},
+    "Model": lambda v: {"model": v},
+    "Version": _version,
+    "Backend": lambda v: {"backend": v},
+    "RNG": lambda v: {"rng": v},
+    "Precision": lambda v: {"precision": v},
+    "Scheduler": _scheduler,
+}
+
+
+def scheduler_for_label(label: str, schedule_type: str = "") -> str | None:
+    """Our scheduler for an A1111 sampler label; A1111 >= 1.9 writes Karras as `Schedule type`."""
+    name = label.strip().lower()
+    kind = schedule_type.strip().lower()
+    if kind in ("", "automatic") or (kind == "karras" and name.endswith(" karras")):
+        return SCHEDULER_BY_LABEL.get(name)
+    if kind == "karras":
+        return SCHEDULER_BY_LABEL.get(f"{name} karras")
+    return None  # another noise schedule: none of ours replays it
+
+
+def record_from_parameters(parsed: ParsedParameters) -> dict[str, Any]:
+    """ImageRecord field values from any A1111 text, so the desktop app can restore settings.
+
+    Only fields present (and readable) are returned; everything else goes into `extra`.
+    """
+    values: dict[str, Any] = {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt}
+    extra: dict[str, str] = {}
+    for key, raw in parsed.params.items():
+        try:
+            values.update(CONVERTERS[key](raw))
+        except (KeyError, ValueError):
+            extra[key] = raw  # unknown key or unreadable value: kept, not guessed
+    if "scheduler" not in values and "scheduler_label" in values:
+        scheduler = scheduler_for_label(
+            values["scheduler_label"], parsed.params.get("Schedule type", "")
+        )
+        if scheduler is not None:
+            values["scheduler"] = scheduler
+    if extra:
+        values["extra"] = extra
+    return values
+
+
+# ---------------------------------------------------------------- PNG chunks
+
+
+def png_info(record: ImageRecord) -> PngImagePlugin.PngInfo:
+    """Both text chunks; Pillow writes tEXt for latin-1 text and iTXt (UTF-8) otherwise."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, format_parameters(record))
+    info.add_text(SDXS_RT_KEY, record.to_json())
+    return info
+
+
+def read_png_text(path: str | os.PathLike[str]) -> tuple[tuple[int, int], dict[str, str]]:
+    """The image size and all its tEXt, iTXt and zTXt chunks, with clear errors."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if not isinstance(image, PngImagePlugin.PngImageFile):
+                raise UsageError(
+                    f"{path} is a {image.format} image; sdxs-rt metadata lives in PNG text chunks"
+                )
+            # `.text` also loads chunks after the pixel data, where some tools append them.
+            return image.size, {str(k): str(v) for k, v in image.text.items()}
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"image file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder, not a PNG image") from None
+    except UnidentifiedImageError:
+        raise UsageError(f"{path} is not an image sdxs-rt can read") from None
+    except UsageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt chunks
+        raise UsageError(f"cannot read the PNG {path}: {exc}") from None
+
+
+def _decode_sdxs_rt(text: str | None) -> dict[str, Any] | None:
+    # A damaged chunk must not hide the A1111 text: report it as absent.
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any] | None]:
+    """(`parameters` text or None, decoded `sdxs_rt` JSON or None) of a PNG file."""
+    _, texts = read_png_text(path)
+    return texts.get(PARAMETERS_KEY), _decode_sdxs_rt(texts.get(SDXS_RT_KEY))
+
+
+# ---------------------------------------------------------------- `sdxs-rt info`
+
+
+def describe_image(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `sdxs-rt info IMAGE --json` prints."""
+    (width, height), texts = read_png_text(path)
+    parameters = texts.get(PARAMETERS_KEY)
+    return {
+        "path": str(path),
+        "width": width,
+        "height": height,
+        "parameters": parameters,
+        "sdxs_rt": _decode_sdxs_rt(texts.get(SDXS_RT_KEY)),
+        "parsed": asdict(parse_parameters(parameters)) if parameters is not None else None,
+    }
+
+
+def _row(label: str, value: object, width: int = 18) -> str:
+    # Continuation lines of multi-line prompts line up under the first one.
+    text = str(value).replace("\n", "\n" + " " * width)
+    return f"{label + ':':<{width}}{text}"
+
+
+def format_description(description: dict[str, Any]) -> str:
+    """What `sdxs-rt info IMAGE` prints: the A1111 fields, then the replay record."""
+    d = description
+    lines = [f"{d['path']}: {d['width']}x{d['height']} PNG"]
+    parsed, record = d.get("parsed"), d.get("sdxs_rt")
+    if parsed is None and record is None:
+        lines.append("no generation metadata (no 'parameters' or 'sdxs_rt' text chunk)")
+    if parsed is not None:
+        lines.append(_row("Prompt", parsed["prompt"]))
+        if parsed["negative_prompt"]:
+            lines.append(_row("Negative prompt", parsed["negative_prompt"]))
+        lines.extend(_row(key, value) for key, value in parsed["params"].items())
+    if record is not None:
+        lines.append("sdxs-rt replay record:")
+        shown = ("prompt", "negative_prompt") if parsed is not None else ()
+        lines.extend(
+            _row(f"  {key}", json.dumps(value, ensure_ascii=False) if key == "extra" else value)
+            for key, value in record.items()
+            if key not in shown
+        )
+    return "\n".join(lines)
