@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny SDXS-format models built once per test session (about a second each).
+
+Treat the built folders as read-only; a test that damages a model should build its own copy
+(`build_tiny_model(tmp_path / "m")`) or copy one with `shutil.copytree`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def _build(tmp_path_factory: pytest.TempPathFactory, name: str, **options: object) -> Path:
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from sdxs_rt.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp(name) / "model", **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Default layout: `unet/`, fp32 weights, scaling+shift VAE, native text encoder (seed 0)."""
+    return _build(tmp_path_factory, "tiny_model")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_remote(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As `tiny_model`, plus the text encoder's remote code (`auto_map` + modeling file)."""
+    return _build(tmp_path_factory, "tiny_model_remote", remote_code=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_sdxs_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """U-Net in `sdxs/` and only `*.fp16.safetensors` weights (the card's `variant="fp16"`)."""
+    return _build(tmp_path_factory, "tiny_model_sdxs_fp16", unet_folder="sdxs", variant="fp16")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_mean_std(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """VAE with per-channel `latents_mean`/`latents_std` (later revisions) instead of a shift."""
+    return _build(tmp_path_factory, "tiny_model_mean_std", latent_norm="mean_std")

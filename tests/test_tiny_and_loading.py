@@ -1,0 +1,373 @@
+"""The tiny-model builder and the torch-free loader: layouts, errors, hub cache, model hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdxs_rt import loading
+from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
+from sdxs_rt.loading import (
+    check_safetensors,
+    default_model_path,
+    model_hash,
+    resolve_model,
+    resolve_text_encoder,
+    weights_path,
+)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from sdxs_rt.tiny import REMOTE_CODE_FILE, REMOTE_CODE_SOURCE, build_tiny_model, main  # noqa: E402
+
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _copy(model: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(model, tmp_path / "copy"))
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --- builder layout ---------------------------------------------------------------------
+
+
+def test_default_layout_matches_the_sdxs_format(tiny_model: Path) -> None:
+    unet = _json(tiny_model / "unet" / "config.json")
+    assert unet["_class_name"] == "UNet2DConditionModel"
+    assert unet["in_channels"] == unet["out_channels"] == 16
+    assert unet["down_block_types"] == ["CrossAttnDownBlock2D"] * 4
+    assert unet["up_block_types"] == ["CrossAttnUpBlock2D"] * 4
+    assert unet["mid_block_type"] == "UNetMidBlock2DCrossAttn"
+    assert unet["cross_attention_dim"] == 1152
+    assert isinstance(unet["attention_head_dim"], list) and unet["num_attention_heads"] is None
+    scheduler = _json(tiny_model / "scheduler" / "scheduler_config.json")
+    assert scheduler["_class_name"] == "DDPMScheduler"
+    assert scheduler["clip_sample"] is False and scheduler["prediction_type"] == "epsilon"
+    assert scheduler["timestep_spacing"] == "leading" and scheduler["steps_offset"] == 1
+    vae = _json(tiny_model / "vae" / "config.json")
+    assert vae["latent_channels"] == 16 and len(vae["block_out_channels"]) == 4
+    assert vae["shift_factor"] is not None and vae["latents_mean"] is None
+    index = _json(tiny_model / "model_index.json")
+    assert {"unet", "vae", "scheduler", "text_encoder", "tokenizer"} <= set(index)
+
+
+def test_default_text_encoder_has_no_remote_code(tiny_model: Path) -> None:
+    folder = tiny_model / "text_encoder"
+    config = _json(folder / "config.json")
+    assert config["text_config"]["model_type"] == "xlm-roberta"
+    assert "auto_map" not in config and not list(folder.glob("*.py"))
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (folder / name).is_file()
+    assert (tiny_model / "tokenizer" / "tokenizer.json").read_bytes() == (
+        folder / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_remote_layout_ships_its_code(tiny_model_remote: Path) -> None:
+    folder = tiny_model_remote / "text_encoder"
+    auto_map = _json(folder / "config.json")["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel"}
+    assert (folder / REMOTE_CODE_FILE).read_text() == REMOTE_CODE_SOURCE
+
+
+def test_sdxs_folder_and_fp16_variant(tiny_model_sdxs_fp16: Path) -> None:
+    from safetensors import safe_open
+
+    assert not (tiny_model_sdxs_fp16 / "unet").exists()
+    files = resolve_model(str(tiny_model_sdxs_fp16), variant="fp16")
+    assert files.unet_dir.name == "sdxs"
+    assert files.unet_weights.name == "diffusion_pytorch_model.fp16.safetensors"
+    with safe_open(str(files.unet_weights), framework="pt") as handle:
+        assert handle.get_tensor("conv_in.weight").dtype == torch.float16
+    with pytest.raises(ModelNotFoundError, match=r"--variant fp16"):
+        resolve_model(str(tiny_model_sdxs_fp16))
+
+
+def test_mean_std_vae(tiny_model_mean_std: Path) -> None:
+    vae = resolve_model(str(tiny_model_mean_std)).vae_config
+    assert len(vae["latents_mean"]) == len(vae["latents_std"]) == 16
+    assert vae["shift_factor"] is None
+
+
+def test_same_seed_same_bytes_other_seed_other_weights(tiny_model: Path, tmp_path: Path) -> None:
+    again = build_tiny_model(tmp_path / "again", seed=0)
+    assert _digests(again) == _digests(tiny_model)
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    assert (other / "unet" / UNET_WEIGHTS).read_bytes() != (
+        tiny_model / "unet" / UNET_WEIGHTS
+    ).read_bytes()
+
+
+def test_unet_loads_and_depends_on_its_inputs(tiny_model: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet").eval()
+    assert all(p.any() for p in unet.parameters()), "a zero-initialised layer was left at zero"
+    heads = unet.config.attention_head_dim
+    assert unet.down_blocks[3].attentions[0].transformer_blocks[0].attn2.heads == heads[3]
+    gen = torch.Generator().manual_seed(0)
+    sample, context = (
+        torch.randn(1, 16, 8, 8, generator=gen),
+        torch.randn(1, 1, 1152, generator=gen),
+    )
+    with torch.no_grad():
+        base = unet(sample, 500, context).sample
+        other_context = unet(sample, 500, -context).sample
+        other_step = unet(sample, 20, context).sample
+    assert base.abs().mean() > 0.01
+    assert (base - other_context).abs().max() > 1e-3
+    assert (base - other_step).abs().max() > 1e-3
+
+
+def test_tokenizer_loads_with_transformers_and_tokenizers(tiny_model: Path) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    folder = tiny_model / "tokenizer"
+    fast = AutoTokenizer.from_pretrained(folder)
+    assert type(fast).__name__ == "XLMRobertaTokenizerFast" and fast.model_max_length == 512
+    assert (fast.bos_token_id, fast.pad_token_id, fast.eos_token_id, fast.unk_token_id) == (
+        0,
+        1,
+        2,
+        3,
+    )
+    assert fast.mask_token_id == len(fast) - 1
+    vocab_size = _json(tiny_model / "text_encoder" / "config.json")["text_config"]["vocab_size"]
+    assert len(fast) == vocab_size
+    ids = fast("красный круг").input_ids
+    assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert raw.encode("красный круг").ids == ids
+
+
+def test_cli_builds_a_model(tmp_path: Path) -> None:
+    assert main([str(tmp_path / "m"), "--seed", "2", "--unet-folder", "sdxs"]) == 0
+    assert resolve_model(str(tmp_path / "m")).unet_dir.name == "sdxs"
+
+
+# --- packaged default -------------------------------------------------------------------
+
+
+def test_packaged_default_model_resolves_and_is_small() -> None:
+    files = resolve_model(None)
+    assert files.root == default_model_path() and files.name == "tiny-sdxs"
+    assert files.text_encoder_dir is not None and files.tokenizer_dir is not None
+    total = sum(p.stat().st_size for p in files.root.rglob("*") if p.is_file())
+    assert total < 5_000_000
+
+
+def test_loading_does_not_import_torch() -> None:
+    code = "import sys, sdxs_rt.loading as l; l.resolve_model(None); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# --- loading errors ---------------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="nowhere"):
+        resolve_model(str(tmp_path / "nowhere"))
+
+
+def test_missing_unet_weights_names_the_file(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    (model / "unet" / UNET_WEIGHTS).unlink()
+    with pytest.raises(ModelNotFoundError, match=UNET_WEIGHTS):
+        resolve_model(str(model))
+
+
+def test_missing_unet_folder(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    shutil.rmtree(model / "unet")
+    with pytest.raises(ModelNotFoundError, match="U-Net folder"):
+        resolve_model(str(model))
+
+
+def test_truncated_safetensors(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    weights = model / "unet" / UNET_WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:100_000])
+    with pytest.raises(ModelFormatError, match=r"truncated or corrupt") as err:
+        resolve_model(str(model))
+    assert str(weights) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x05\x00", b"\xff" * 8 + b"{}", (20).to_bytes(8, "little") + b"not json!!" * 2],
+)
+def test_corrupt_headers(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ModelFormatError, match="truncated or corrupt"):
+        check_safetensors(path)
+
+
+def test_pickled_weights_are_refused(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    (model / "unet" / UNET_WEIGHTS).rename(model / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(ModelFormatError, match="pickled") as err:
+        resolve_model(str(model))
+    assert "diffusion_pytorch_model.bin" in str(err.value)
+
+
+def test_missing_variant_lists_what_is_there(tiny_model: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"fp16\.safetensors.*holds: config\.json"):
+        weights_path(tiny_model / "unet", "diffusion_pytorch_model", "fp16")
+    with pytest.raises(UsageError):
+        resolve_model(str(tiny_model), variant="int4")
+
+
+def test_flow_matching_scheduler_is_refused(tmp_path: Path) -> None:
+    overrides = {"_class_name": "FlowMatchEulerDiscreteScheduler"}
+    model = build_tiny_model(tmp_path / "m", scheduler_overrides=overrides)
+    with pytest.raises(ModelFormatError, match="FlowMatchEulerDiscreteScheduler") as err:
+        resolve_model(str(model))
+    assert "scheduler_config.json" in str(err.value) and "DDPMScheduler" in str(err.value)
+
+
+def test_scheduler_overrides_are_written(tmp_path: Path) -> None:
+    model = build_tiny_model(
+        tmp_path / "m", scheduler_overrides={"prediction_type": "v_prediction"}
+    )
+    assert resolve_model(str(model)).scheduler_config["prediction_type"] == "v_prediction"
+
+
+def test_bad_json_names_the_file(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    (model / "vae" / "config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match=r"vae.config\.json is not valid JSON"):
+        resolve_model(str(model))
+
+
+def test_wrong_unet_class_and_missing_keys(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    config_path = model / "unet" / "config.json"
+    config = _json(config_path)
+    config_path.write_text(json.dumps({**config, "_class_name": "SD3Transformer2DModel"}))
+    with pytest.raises(ModelFormatError, match=r"SD3Transformer2DModel.*UNet2DConditionModel"):
+        resolve_model(str(model))
+    del config["cross_attention_dim"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFormatError, match="cross_attention_dim"):
+        resolve_model(str(model))
+
+
+# --- hub ids, offline -------------------------------------------------------------------
+
+
+def _fake_hub_cache(cache: Path, repo_id: str, source: Path) -> Path:
+    """What huggingface_hub leaves on disk after a download (real files, no blob links)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    return repo / "snapshots" / sha
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # cache = $HF_HOME/hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_cached_hub_id_resolves_offline(tiny_model: Path, offline_hub: Path) -> None:
+    snapshot = _fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
+    files = resolve_model("org/tiny-sdxs")
+    assert files.root == snapshot and files.name == "org/tiny-sdxs"
+    assert files.unet_weights == snapshot / "unet" / UNET_WEIGHTS
+
+
+def test_hub_cache_env_var_wins(
+    tiny_model: Path, tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = tmp_path / "elsewhere"
+    _fake_hub_cache(other, "org/tiny-sdxs", tiny_model)
+    monkeypatch.setenv("HF_HUB_CACHE", str(other))
+    assert resolve_model("org/tiny-sdxs").root.is_relative_to(other)
+
+
+def test_uncached_hub_id_offline_is_not_found(offline_hub: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"org/absent.*not in the hub cache.*offline"):
+        resolve_model("org/absent")
+
+
+def test_default_text_encoder_comes_from_the_hub_cache(
+    tiny_model: Path, tmp_path: Path, offline_hub: Path
+) -> None:
+    model = _copy(tiny_model, tmp_path)
+    shutil.rmtree(model / "text_encoder")
+    _fake_hub_cache(offline_hub, loading.DEFAULT_TEXT_ENCODER, tiny_model / "text_encoder")
+    files = resolve_text_encoder(None, resolve_model(str(model)))
+    assert files.name == "visheratin/mexma-siglip"
+    assert files.tokenizer_dir == files.dir  # the hub folder carries its own tokenizer
+
+
+# --- text encoder resolution ------------------------------------------------------------
+
+
+def test_text_encoder_resolution_order(tiny_model: Path, tiny_model_remote: Path) -> None:
+    model = resolve_model(str(tiny_model))
+    own = resolve_text_encoder(None, model)
+    assert own.dir == tiny_model / "text_encoder"
+    assert own.weights == (tiny_model / "text_encoder" / "model.safetensors",)
+    explicit = resolve_text_encoder(str(tiny_model_remote / "text_encoder"), model)
+    assert explicit.dir == tiny_model_remote / "text_encoder"
+    whole_model = resolve_text_encoder(str(tiny_model_remote), model)
+    assert whole_model.dir == tiny_model_remote / "text_encoder"
+
+
+def test_tokenizer_falls_back_to_the_model_folder(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / "text_encoder" / name).unlink()
+    files = resolve_text_encoder(None, resolve_model(str(model)))
+    assert files.tokenizer_dir == model / "tokenizer"
+
+
+# --- model hash -------------------------------------------------------------------------
+
+
+def test_model_hash_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDXS_RT_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights v1")
+    expected = hashlib.sha256(b"weights v1").hexdigest()[:10]
+    assert model_hash(weights) == expected
+    assert (tmp_path / "cache" / "hashes.json").is_file()
+
+    def no_rehash(path: Path) -> str:
+        raise AssertionError("hashed again although size and mtime did not change")
+
+    monkeypatch.setattr(loading, "_sha256_of", no_rehash)
+    assert model_hash(weights) == expected
+    monkeypatch.undo()
+    monkeypatch.setenv("SDXS_RT_CACHE", str(tmp_path / "cache"))
+    weights.write_bytes(b"weights v2, longer")
+    assert model_hash(weights) == hashlib.sha256(b"weights v2, longer").hexdigest()[:10]
