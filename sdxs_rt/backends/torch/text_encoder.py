@@ -253,14 +253,25 @@ def _load_tower(files: TextEncoderFiles, text_config: dict[str, Any], prefix: st
     }
     if prefix == "":  # a bare XLM-R checkpoint: projection (and more) sit beside the tower
         state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder."))}
+    where = f"The text tower weights in {files.dir} (under {prefix or 'the top level'!r})"
     try:
-        tower.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        result = tower.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches: the torch message lists them, one a line
+        details = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise ModelFormatError(f"{where} do not match its config: {details}") from None
+    if result.missing_keys or result.unexpected_keys:
         raise ModelFormatError(
-            f"The text tower weights in {files.dir} (under {prefix or 'the top level'!r}) do "
-            f"not match its config: {_first_line(exc)}"
-        ) from None
+            f"{where} do not match its config: missing {_few(result.missing_keys)}, "
+            f"unexpected {_few(result.unexpected_keys)}."
+        )
     return tower
+
+
+def _few(keys: list[str], limit: int = 4) -> str:
+    if not keys:
+        return "none"
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
 
 
 def _load_projection(files: TextEncoderFiles, name: str) -> nn.Linear:
