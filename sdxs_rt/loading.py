@@ -354,6 +354,7 @@ def _hub_snapshot(repo_id: str, patterns: list[str], what: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
         HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
@@ -379,6 +380,8 @@ def _hub_snapshot(repo_id: str, patterns: list[str], what: str) -> Path:
             f"The {what} {repo_id} is not a local folder and not in the hub cache "
             f"({_hub_cache_dir() or 'default cache'}), and {why}."
         ) from None
+    except HfHubHTTPError as exc:  # after its subclasses above: server errors, rate limits
+        raise ModelNotFoundError(f"The {what} {repo_id} could not be downloaded ({exc}).") from None
     return Path(folder)
 
 
