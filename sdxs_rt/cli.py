@@ -4,9 +4,11 @@ so `sdxs-rt --help` stays fast and never imports torch."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 from sdxs_rt import __version__
@@ -207,10 +209,21 @@ def dispatch(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+def show_warnings_briefly(debug: bool) -> None:
+    """Our own warnings as one `sdxs-rt: warning:` line; third-party chatter only with --debug."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"sdxs-rt: warning: {message}\n"
+    if not debug:
+        warnings.filterwarnings("ignore")
+        warnings.filterwarnings("default", module=r"sdxs_rt(\.|$)")
+        for noisy in ("diffusers", "transformers", "huggingface_hub"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get("SDXS_RT_DEBUG"))
+    show_warnings_briefly(debug)
     try:
         return dispatch(args)
     except KeyboardInterrupt:

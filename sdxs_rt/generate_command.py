@@ -175,6 +175,10 @@ def save_preview(args: argparse.Namespace, pipe: Pipeline, job: Job, event: Step
     save_png(image, preview_target(args, job), overwrite=True)
 
 
+def shorten(text: str, limit: int = 70) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_generate(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> int:
     jobs = plan_jobs(args, prompts, size)
     pipe = load_pipeline(args)
@@ -184,7 +188,7 @@ def run_generate(args: argparse.Namespace, prompts: list[str], size: tuple[int, 
     reporter = Reporter(args, total_steps)
     try:
         for job in jobs:
-            reporter.log(f"prompt {job.params.prompt!r}, seeds from {job.params.seed}")
+            reporter.log(f"prompt {shorten(job.params.prompt)!r}, seeds from {job.params.seed}")
             for event in pipe.generate(params=job.params):
                 if isinstance(event, StepEvent):
                     reporter.step()
