@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
-from sdxs_rt.errors import UsageError
+from sdxs_rt.errors import DeviceError, UsageError
 from sdxs_rt.guidance import guided_model
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
@@ -91,6 +91,23 @@ def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Ar
     return latents * std / scaling.scaling_factor + mean
 
 
+# What to install for each backend, for the message when its module or a dependency is missing.
+BACKEND_EXTRAS = {"torch": "sdxs-rt[torch]", "onnx": "sdxs-rt[onnx]", "tensorrt": "sdxs-rt[tensorrt]"}
+
+
+def import_backend(name: str) -> Any:
+    """Import a backend plugin; a missing one (or a missing dependency of it) is a clear error."""
+    try:
+        return importlib.import_module(BACKEND_MODULES[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == BACKEND_MODULES[name]:
+            raise DeviceError(f"the {name} backend is not part of this sdxs-rt version yet") from None
+        raise DeviceError(
+            f"the {name} backend needs the Python package {exc.name!r}; "
+            f"install it with: pip install '{BACKEND_EXTRAS[name]}'"
+        ) from None
+
+
 class Pipeline:
     """SDXS text-to-image with classifier-free guidance and native schedulers."""
 
@@ -118,7 +135,7 @@ class Pipeline:
             raise UsageError(
                 f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_MODULES)}"
             )
-        module = importlib.import_module(BACKEND_MODULES[backend])
+        module = import_backend(backend)
         components = module.load_components(
             model,
             text_encoder=text_encoder,

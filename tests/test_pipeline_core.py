@@ -181,3 +181,28 @@ def test_the_core_generates_without_torch_installed() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_backend_that_is_not_there_is_a_clear_device_error(monkeypatch) -> None:
+    from sdxs_rt import pipeline
+    from sdxs_rt.errors import DeviceError
+
+    monkeypatch.setitem(pipeline.BACKEND_MODULES, "torch", "sdxs_rt.backends.not_there")
+    with pytest.raises(DeviceError, match="not part of this sdxs-rt version"):
+        Pipeline.from_pretrained(backend="torch")
+    with pytest.raises(UsageError, match="unknown backend"):
+        Pipeline.from_pretrained(backend="jax")
+
+
+def test_a_missing_backend_dependency_names_the_extra(monkeypatch) -> None:
+    import importlib
+
+    from sdxs_rt import pipeline
+    from sdxs_rt.errors import DeviceError
+
+    def missing(name: str):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(DeviceError, match=r"pip install 'sdxs-rt\[onnx\]'"):
+        pipeline.import_backend("onnx")
