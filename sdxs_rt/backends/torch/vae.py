@@ -1,0 +1,184 @@
+"""The torch VAE decoder (diffusers AutoencoderKL) and the latent scaling read from its config.
+
+Half-precision VAEs can overflow to NaN/inf: the decoder then upcasts itself to float32 once
+and for all. A decode that runs out of memory is retried tile by tile.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from sdxs_rt.backends.torch.weights import load_diffusers_module, read_config
+from sdxs_rt.components import Array, ArrayOps, LatentScaling
+from sdxs_rt.errors import ModelFormatError, OutOfMemoryError, SdxsError
+
+logger = logging.getLogger(__name__)
+
+# What AutoencoderKL (and so the model card's `vae.config.scaling_factor`) uses when the
+# config file does not say.
+DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215
+
+
+class VAEDecodeError(SdxsError):
+    """The VAE produced NaN or infinite pixels even in float32."""
+
+
+class TorchVAEDecoder:
+    """`sdxs_rt.components.VAEDecoder`: unscaled latents -> float32 images in [-1, 1].
+
+    `tiled`: None decodes whole images and falls back to tiles on out-of-memory; True always
+    decodes in tiles; False never does (out-of-memory is then an error at once).
+    """
+
+    def __init__(self, vae: AutoencoderKL, *, tiled: bool | None = None) -> None:
+        self.vae = vae
+        self.device = vae.device
+        self.tiled = tiled
+        self.used_tiling = False  # whether the last decode went tile by tile
+        self.upcast = False  # whether NaN/inf made us switch the VAE to float32
+
+    @classmethod
+    def load(
+        cls,
+        vae_dir: Path,
+        weights: Path,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        tiled: bool | None = None,
+    ) -> TorchVAEDecoder:
+        config = read_config(Path(vae_dir) / "config.json")
+        vae = load_diffusers_module(AutoencoderKL, config, Path(weights), device, dtype)
+        return cls(vae, tiled=tiled)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.dtype
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            images = self._decode(latents)
+            if not _all_finite(images) and self.dtype != torch.float32:
+                logger.warning(
+                    "the %s VAE decoded NaN/inf pixels; decoding in float32 from now on",
+                    str(self.dtype).removeprefix("torch."),
+                )
+                nn.Module.to(self.vae, torch.float32)  # ModelMixin.to warns needlessly
+                self.upcast = True
+                images = self._decode(latents)
+            if not _all_finite(images):
+                raise VAEDecodeError(
+                    "the VAE decoded NaN or infinite pixels even in float32; "
+                    "the latents or the VAE weights are broken"
+                )
+            return images.float()
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.device, self.dtype)
+        self.used_tiling = False
+        if self.tiled:
+            return self._decode_tiles(z)
+        try:
+            return self.vae.decode(z).sample
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            if self.tiled is False:
+                raise OutOfMemoryError(_oom_message(z, "tiled decoding is turned off")) from err
+            logger.warning("the VAE ran out of memory on %s; retrying tile by tile", tuple(z.shape))
+        # retry outside the except block, so the failed attempt's frames and tensors are freed
+        _release_cached_memory(self.device)
+        try:
+            return self._decode_tiles(z)
+        except RuntimeError as err:
+            if not is_out_of_memory(err):
+                raise
+            raise OutOfMemoryError(_oom_message(z, "even tile by tile")) from err
+
+    def _decode_tiles(self, z: torch.Tensor) -> torch.Tensor:
+        # one image at a time as well: tiles bound the memory of one image, not of the batch
+        self.used_tiling = True
+        return torch.cat([self.vae.tiled_decode(item).sample for item in z.split(1)])
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's torch.OutOfMemoryError, or a RuntimeError that says so (MPS, CPU allocators)."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _oom_message(z: torch.Tensor, how: str) -> str:
+    height, width = z.shape[-2] * 8, z.shape[-1] * 8
+    return (
+        f"the VAE ran out of device memory decoding {z.shape[0]} image(s) of "
+        f"{width}x{height} ({how}); use a smaller size or batch, or another device"
+    )
+
+
+def _release_cached_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _all_finite(images: torch.Tensor) -> bool:
+    return bool(torch.isfinite(images).all())
+
+
+def latent_scaling_from_config(vae_config: dict[str, Any], latent_channels: int) -> LatentScaling:
+    """How the U-Net's latents map to the VAE's, as the VAE config says.
+
+    `scaling_factor` + `shift_factor` (the model card: z / scaling + shift), or per-channel
+    `latents_mean` / `latents_std` (diffusers' SDXL convention: z * std / scaling + mean).
+    """
+    scaling = vae_config.get("scaling_factor")
+    scaling = DIFFUSERS_DEFAULT_SCALING_FACTOR if scaling is None else float(scaling)
+    if not scaling > 0:
+        raise ModelFormatError(f"the VAE config has scaling_factor {scaling}; it must be positive")
+    shift = float(vae_config.get("shift_factor") or 0.0)
+    mean, std = vae_config.get("latents_mean"), vae_config.get("latents_std")
+    if mean is None and std is None:
+        return LatentScaling(scaling_factor=scaling, mean=shift, std=1.0)
+    if mean is None or std is None:
+        raise ModelFormatError("the VAE config gives only one of latents_mean and latents_std")
+    if shift != 0.0:
+        raise ModelFormatError(
+            "the VAE config gives both shift_factor and latents_mean/latents_std; "
+            "sdxs-rt does not know which convention applies"
+        )
+    return LatentScaling(
+        scaling_factor=scaling,
+        mean=_per_channel("latents_mean", mean, latent_channels),
+        std=_per_channel("latents_std", std, latent_channels),
+    )
+
+
+def _per_channel(name: str, values: Any, channels: int) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or len(values) != channels:
+        raise ModelFormatError(
+            f"the VAE config's {name} must list {channels} numbers, one per latent channel"
+        )
+    return tuple(float(v) for v in values)
+
+
+def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
+    """Model latents -> VAE latents: `z * std / scaling_factor + mean`, per channel.
+
+    Torch-free: plain `* / +`, with per-channel vectors moved over by `ops.from_host` as
+    (1, C, 1, 1), so it runs on numpy arrays and torch tensors alike.
+    """
+    std = _broadcastable(scaling.std, ops)
+    mean = _broadcastable(scaling.mean, ops)
+    return latents * std / scaling.scaling_factor + mean
+
+
+def _broadcastable(value: tuple[float, ...] | float, ops: ArrayOps) -> Any:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
