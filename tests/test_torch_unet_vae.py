@@ -7,12 +7,14 @@ Small SDXS-shaped diffusers models are built here with a fixed seed and saved th
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from sdxs_rt.array_ops import NumpyOps
+from sdxs_rt.pipeline import unscale_latents
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -33,7 +35,6 @@ from sdxs_rt.backends.torch.vae import (  # noqa: E402
     TorchVAEDecoder,
     VAEDecodeError,
     latent_scaling_from_config,
-    unscale_latents,
 )
 from sdxs_rt.backends.torch.weights import load_diffusers_module  # noqa: E402
 from sdxs_rt.errors import (  # noqa: E402
@@ -76,22 +77,6 @@ VAE_CONFIG: dict[str, Any] = {
     "scaling_factor": 1.5,
     "shift_factor": 0.1,
 }
-
-
-class NumpyOps:
-    """Just enough ArrayOps on numpy to show that `unscale_latents` is torch-free."""
-
-    def from_host(self, array: np.ndarray) -> np.ndarray:
-        return np.asarray(array, dtype=np.float32)
-
-    def to_host(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, dtype=np.float32)
-
-    def concat(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
-        return np.concatenate(arrays, axis=0)
-
-    def clip(self, array: np.ndarray, low: float, high: float) -> np.ndarray:
-        return np.clip(array, low, high)
 
 
 def _perturb_zero_parameters(model: torch.nn.Module) -> None:

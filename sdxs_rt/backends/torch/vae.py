@@ -10,13 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from torch import nn
 
 from sdxs_rt.backends.torch.weights import load_diffusers_module, read_config
-from sdxs_rt.components import Array, ArrayOps, LatentScaling
+from sdxs_rt.components import LatentScaling
 from sdxs_rt.errors import ModelFormatError, OutOfMemoryError, SdxsError
 
 logger = logging.getLogger(__name__)
@@ -165,20 +164,3 @@ def _per_channel(name: str, values: Any, channels: int) -> tuple[float, ...]:
             f"the VAE config's {name} must list {channels} numbers, one per latent channel"
         )
     return tuple(float(v) for v in values)
-
-
-def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
-    """Model latents -> VAE latents: `z * std / scaling_factor + mean`, per channel.
-
-    Torch-free: plain `* / +`, with per-channel vectors moved over by `ops.from_host` as
-    (1, C, 1, 1), so it runs on numpy arrays and torch tensors alike.
-    """
-    std = _broadcastable(scaling.std, ops)
-    mean = _broadcastable(scaling.mean, ops)
-    return latents * std / scaling.scaling_factor + mean
-
-
-def _broadcastable(value: tuple[float, ...] | float, ops: ArrayOps) -> Any:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
