@@ -77,4 +77,6 @@ class Components:
     latent_scaling: LatentScaling = field(default_factory=LatentScaling)
     latent_channels: int = 16
     vae_scale_factor: int = 8
-    info: dict[str, Any] = field(default_factory=dict)  # backend, device, precision, model name/hash
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # backend, device, precision, model name/hash

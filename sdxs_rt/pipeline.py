@@ -92,7 +92,11 @@ def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Ar
 
 
 # What to install for each backend, for the message when its module or a dependency is missing.
-BACKEND_EXTRAS = {"torch": "sdxs-rt[torch]", "onnx": "sdxs-rt[onnx]", "tensorrt": "sdxs-rt[tensorrt]"}
+BACKEND_EXTRAS = {
+    "torch": "sdxs-rt[torch]",
+    "onnx": "sdxs-rt[onnx]",
+    "tensorrt": "sdxs-rt[tensorrt]",
+}
 
 
 def import_backend(name: str) -> Any:
@@ -101,7 +105,9 @@ def import_backend(name: str) -> Any:
         return importlib.import_module(BACKEND_MODULES[name])
     except ModuleNotFoundError as exc:
         if exc.name == BACKEND_MODULES[name]:
-            raise DeviceError(f"the {name} backend is not part of this sdxs-rt version yet") from None
+            raise DeviceError(
+                f"the {name} backend is not part of this sdxs-rt version yet"
+            ) from None
         raise DeviceError(
             f"the {name} backend needs the Python package {exc.name!r}; "
             f"install it with: pip install '{BACKEND_EXTRAS[name]}'"

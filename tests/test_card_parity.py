@@ -64,9 +64,7 @@ def card_image(model: Path, monkeypatch: pytest.MonkeyPatch) -> np.ndarray:
     scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
 
     stream = ImageNoise(SEED, (16, SIZE // 8, SIZE // 8))
-    monkeypatch.setattr(
-        "diffusers.schedulers.scheduling_ddpm.randn_tensor", ContractNoise(stream)
-    )
+    monkeypatch.setattr("diffusers.schedulers.scheduling_ddpm.randn_tensor", ContractNoise(stream))
     with torch.no_grad():  # the card's generate_latents, with the contract's initial noise
         latents = torch.from_numpy(stream.draw())[None]
         scheduler.set_timesteps(STEPS)

@@ -49,7 +49,16 @@ def test_scheduler_choices_match_the_samplers() -> None:
 def test_generate_writes_png_with_metadata_and_json(capsys, tmp_path: Path) -> None:
     out = tmp_path / "img-{seed}.png"
     code, stdout, stderr = run_cli(
-        capsys, "generate", "a red circle", "--seed", "7", "--count", "2", "-o", str(out), "--json",
+        capsys,
+        "generate",
+        "a red circle",
+        "--seed",
+        "7",
+        "--count",
+        "2",
+        "-o",
+        str(out),
+        "--json",
         *FAST,
     )
     assert code == 0, stderr
@@ -68,14 +77,19 @@ def test_generate_writes_png_with_metadata_and_json(capsys, tmp_path: Path) -> N
 
 def test_same_seed_reproduces_the_same_file_pixels(capsys, tmp_path: Path) -> None:
     for name in ("a.png", "b.png"):
-        assert run_cli(capsys, "generate", "x", "--seed", "3", "-o", str(tmp_path / name), *FAST)[0] == 0
+        assert (
+            run_cli(capsys, "generate", "x", "--seed", "3", "-o", str(tmp_path / name), *FAST)[0]
+            == 0
+        )
     a, b = (Image.open(tmp_path / n).tobytes() for n in ("a.png", "b.png"))
     assert a == b
 
 
 def test_info_reads_back_the_parameters(capsys, tmp_path: Path) -> None:
     path = tmp_path / "x.png"
-    run_cli(capsys, "generate", "a blue square", "-n", "blurry", "--seed", "5", "-o", str(path), *FAST)
+    run_cli(
+        capsys, "generate", "a blue square", "-n", "blurry", "--seed", "5", "-o", str(path), *FAST
+    )
     code, stdout, _ = run_cli(capsys, "info", str(path), "--json")
     assert code == 0
     data = json.loads(stdout)
@@ -135,7 +149,9 @@ def test_unwritable_output_folder(capsys, tmp_path: Path, monkeypatch) -> None:
     target = tmp_path / "locked"
     target.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == target else real_access(p, m))
+    monkeypatch.setattr(
+        os, "access", lambda p, m: False if Path(p) == target else real_access(p, m)
+    )
     code, _, err = run_cli(capsys, "generate", "x", "-o", str(target / "x.png"), *FAST)
     assert code == 2 and str(target) in err
 
@@ -151,7 +167,9 @@ def test_broken_model_files_exit_3(capsys, tmp_path: Path) -> None:
     weights.unlink()
     code, _, err = run_cli(capsys, "generate", "x", "--model", str(model), *FAST)
     assert code == 3 and "unet" in err
-    (model / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "FlowMatchEulerDiscreteScheduler"}')
+    (model / "scheduler" / "scheduler_config.json").write_text(
+        '{"_class_name": "FlowMatchEulerDiscreteScheduler"}'
+    )
     code, _, err = run_cli(capsys, "generate", "x", "--model", str(model), *FAST)
     assert code == 3
 
@@ -175,15 +193,30 @@ def test_interrupt_keeps_finished_images_and_exits_130(capsys, tmp_path: Path, m
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(Pipeline, "generate", interrupted)
-    code, _, err = run_cli(capsys, "generate", "x", "--count", "3", "-o", str(tmp_path / "{index}.png"), *FAST)
+    code, _, err = run_cli(
+        capsys, "generate", "x", "--count", "3", "-o", str(tmp_path / "{index}.png"), *FAST
+    )
     assert code == 130 and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0.png"]
 
 
 def test_sigint_in_a_real_process(tmp_path: Path) -> None:
     """Ctrl-C mid-run: exit 130, finished PNGs complete, no partial or temporary file left."""
-    argv = [sys.executable, "-m", "sdxs_rt.cli", "generate", "x", "--count", "50",
-            "--size", "128x128", "--steps", "20", "-o", str(tmp_path / "{index}.png")]
+    argv = [
+        sys.executable,
+        "-m",
+        "sdxs_rt.cli",
+        "generate",
+        "x",
+        "--count",
+        "50",
+        "--size",
+        "128x128",
+        "--steps",
+        "20",
+        "-o",
+        str(tmp_path / "{index}.png"),
+    ]
     process = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "0.png").exists() and time.monotonic() < deadline:
