@@ -6,9 +6,17 @@ Treat the built folders as read-only; a test that damages a model should build i
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests never reach the hub, and the remote-code module transformers copies for
+# `trust_remote_code` goes to a throwaway folder, not the user's cache. Set before any test
+# imports transformers, which reads these once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="sdxs-rt-hf-modules-")
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, name: str, **options: object) -> Path:
