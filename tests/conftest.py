@@ -12,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.source_packages import alias_source_packages
+
+# `export/` installs as `sdxs_rt_export`; tests import it from the working tree.
+alias_source_packages()
+
 # Tests never reach the hub, and the remote-code module transformers copies for
 # `trust_remote_code` goes to a throwaway folder, not the user's cache. Set before any test
 # imports transformers, which reads these once.
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("SDXS_RT_CACHE", tempfile.mkdtemp(prefix="sdxs-rt-cache-"))
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="sdxs-rt-hf-modules-")
 
 

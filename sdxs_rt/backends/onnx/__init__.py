@@ -1,0 +1,1 @@
+"""The ONNX Runtime backend (torch-free): runs the graphs written by `sdxs-rt export onnx`."""

@@ -1,0 +1,1 @@
+"""The TensorRT backend: builds fp16 engines from the exported ONNX graphs and runs them."""
