@@ -228,3 +228,41 @@ def test_sigint_in_a_real_process(tmp_path: Path) -> None:
     assert files and all(p.suffix == ".png" for p in files)
     for path in files:
         Image.open(path).load()  # every file left is a complete image
+
+
+def test_fp16_variant_in_sdxs_folder_generates(
+    capsys, tmp_path: Path, tiny_model_sdxs_fp16
+) -> None:
+    argv = ["generate", "x", "--model", str(tiny_model_sdxs_fp16), "--variant", "fp16"]
+    code, _, err = run_cli(capsys, *argv, "-o", str(tmp_path / "x.png"), *FAST)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "generate", "x", "--model", str(tiny_model_sdxs_fp16), *FAST)
+    assert code == 3 and "fp16" in err  # only fp16 files there: say so instead of guessing
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precisions_give_an_image_close_to_fp32(capsys, tmp_path: Path, precision) -> None:
+    import numpy as np
+
+    for name in ("fp32", precision):
+        argv = ["generate", "x", "--seed", "1", "--precision", name, "-o", str(tmp_path / name)]
+        assert run_cli(capsys, *argv, *FAST)[0] == 0
+    full, half = (
+        np.asarray(Image.open(tmp_path / f"{n}.png"), dtype=np.float64) for n in ("fp32", precision)
+    )
+    assert half.std() > 5  # not black, not flat
+    assert np.abs(full - half).mean() < 8
+
+
+def test_mean_std_vae_model_generates(capsys, tmp_path: Path, tiny_model_mean_std) -> None:
+    argv = ["generate", "x", "--model", str(tiny_model_mean_std), "-o", str(tmp_path / "x.png")]
+    assert run_cli(capsys, *argv, *FAST)[0] == 0
+
+
+def test_cuda_on_a_machine_without_it_exits_4(capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run_cli(capsys, "generate", "x", "--device", "cuda", *FAST)
+    assert code == 4 and "cuda" in err.lower()
