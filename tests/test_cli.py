@@ -266,3 +266,22 @@ def test_cuda_on_a_machine_without_it_exits_4(capsys) -> None:
         pytest.skip("this machine has CUDA")
     code, _, err = run_cli(capsys, "generate", "x", "--device", "cuda", *FAST)
     assert code == 4 and "cuda" in err.lower()
+
+
+def test_previews_are_written_every_n_steps(capsys, tmp_path: Path, monkeypatch) -> None:
+    from sdxs_rt.pipeline import Pipeline
+
+    decoded: list[int] = []
+    real_decode = Pipeline.decode
+    monkeypatch.setattr(
+        Pipeline, "decode", lambda self, x: decoded.append(1) or real_decode(self, x)
+    )
+    preview = tmp_path / "preview.png"
+    argv = ["generate", "x", "-o", str(tmp_path / "x.png"), "--preview-every", "2"]
+    code, _, err = run_cli(capsys, *argv, "--preview-path", str(preview), "--size", "128x128",
+                           "--steps", "5")  # fmt: skip
+    assert code == 0, err
+    assert Image.open(preview).size == (128, 128)
+    assert len(decoded) == 2 + 1  # steps 2 and 4, then the final image
+    code, _, err = run_cli(capsys, "generate", "x", "--preview-path", str(preview), *FAST)
+    assert code == 2 and "--preview-every" in err
