@@ -1,0 +1,157 @@
+"""Assemble the ONNX Runtime backend's components from a folder written by `sdxs-rt export onnx`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from sdxs_rt.array_ops import NumpyOps
+from sdxs_rt.backends.onnx.components import (
+    TEXT_ENCODER_INPUTS,
+    UNET_INPUTS,
+    VAE_DECODER_INPUTS,
+    OnnxTextEncoder,
+    OnnxUNet,
+    OnnxVAEDecoder,
+)
+from sdxs_rt.backends.onnx.providers import ProviderPlan, plan_providers
+from sdxs_rt.backends.onnx.sessions import GraphRunner, input_dtypes, make_runner, open_session
+from sdxs_rt.backends.onnx.tokenizer import PromptTokenizer
+from sdxs_rt.components import Components, LatentScaling
+from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
+from sdxs_rt.graphs import MANIFEST_NAME, Manifest, read_manifest
+
+
+def load_components(
+    model: str | Path | None,
+    *,
+    text_encoder: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    variant: str | None = None,
+    trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
+) -> Components:
+    """Components over the graphs in `model`, an exported folder (manifest.json beside them)."""
+    folder = exported_folder(model, text_encoder)
+    manifest = read_manifest(folder)
+    check_precision(manifest, precision, folder)
+    plan = plan_providers(device, ort.get_available_providers())
+    loaded = {name: LoadedGraph.open(folder, manifest, name, plan) for name in GRAPHS_USED}
+    return Components(
+        text_encoder=OnnxTextEncoder(
+            PromptTokenizer.from_file(folder / manifest.tokenizer),
+            loaded["text_encoder"].runner,
+            loaded["text_encoder"].dtypes,
+            manifest.text_width,
+        ),
+        unet=OnnxUNet(
+            loaded["unet"].runner, loaded["unet"].dtypes, loaded["unet"].scalar_input("timestep")
+        ),
+        vae_decoder=OnnxVAEDecoder(
+            loaded["vae_decoder"].runner, loaded["vae_decoder"].dtypes, manifest.precision
+        ),
+        ops=NumpyOps(),
+        scheduler_config=dict(manifest.scheduler_config),
+        latent_scaling=latent_scaling(manifest.latent_scaling),
+        latent_channels=manifest.latent_channels,
+        vae_scale_factor=manifest.vae_scale_factor,
+        info=components_info(manifest, plan, loaded, variant),
+    )
+
+
+# The graphs text-to-image needs and the inputs each must have (the VAE encoder is for img2img).
+GRAPHS_USED = {
+    "text_encoder": TEXT_ENCODER_INPUTS,
+    "unet": UNET_INPUTS,
+    "vae_decoder": VAE_DECODER_INPUTS,
+}
+
+
+class LoadedGraph:
+    """One graph's session, the dtypes its inputs take and the runner that feeds it."""
+
+    def __init__(self, session: Any, dtypes: dict[str, Any], runner: GraphRunner) -> None:
+        self.session = session
+        self.dtypes = dtypes
+        self.runner = runner
+
+    @classmethod
+    def open(cls, folder: Path, manifest: Manifest, name: str, plan: ProviderPlan) -> LoadedGraph:
+        entry = manifest.graphs.get(name)
+        if entry is None:
+            raise EngineError(
+                f"{folder / MANIFEST_NAME} lists no {name} graph; export the model again"
+            )
+        session = open_session(folder, entry, plan)
+        dtypes = input_dtypes(session, entry, GRAPHS_USED[name])
+        return cls(session, dtypes, make_runner(session, entry.file, plan))
+
+    def scalar_input(self, name: str) -> bool:
+        return any(node.name == name and not node.shape for node in self.session.get_inputs())
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+
+def exported_folder(model: str | Path | None, text_encoder: str | None) -> Path:
+    """The folder to load, or a clear error for what this backend cannot load."""
+    if model is None:
+        raise UsageError("the onnx backend needs --model pointing at an exported folder")
+    if text_encoder is not None:
+        raise UsageError(
+            "the onnx backend takes no --text-encoder: the text encoder is part of the export "
+            "(give --text-encoder to 'sdxs-rt export onnx' instead)"
+        )
+    folder = Path(model)
+    if not folder.exists():
+        raise ModelNotFoundError(
+            f"{folder} does not exist; the onnx backend needs a folder written by "
+            "'sdxs-rt export onnx --model MODEL --out DIR'"
+        )
+    if not (folder / MANIFEST_NAME).is_file():
+        raise ModelNotFoundError(
+            f"{folder} has no {MANIFEST_NAME}, so it is not an exported model; run "
+            f"'sdxs-rt export onnx --model {model} --out DIR' first and pass --model DIR"
+        )
+    return folder
+
+
+def check_precision(manifest: Manifest, precision: str, folder: Path) -> None:
+    if precision != manifest.precision:
+        raise UsageError(
+            f"{folder} holds {manifest.precision} graphs, not {precision}; pass --precision "
+            f"{manifest.precision} or export again with --precision {precision}"
+        )
+
+
+def latent_scaling(values: dict[str, Any]) -> LatentScaling:
+    def number_or_tuple(value: Any) -> float | tuple[float, ...]:
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        return float(value)
+
+    return LatentScaling(
+        scaling_factor=float(values.get("scaling_factor", 1.0)),
+        mean=number_or_tuple(values.get("mean", 0.0)),
+        std=number_or_tuple(values.get("std", 1.0)),
+    )
+
+
+def components_info(
+    manifest: Manifest, plan: ProviderPlan, loaded: dict[str, LoadedGraph], variant: str | None
+) -> dict[str, Any]:
+    model = manifest.model
+    return {
+        "backend": "onnx",
+        "device": plan.device,
+        "precision": manifest.precision,
+        "model": str(model.get("name", "")),
+        "model_hash": str(model.get("hash", "")),
+        "text_encoder": str(model.get("text_encoder", "")),
+        "variant": variant,
+        "providers": {name: graph.providers for name, graph in loaded.items()},
+        "iobinding": plan.uses_iobinding,
+    }
