@@ -1,0 +1,337 @@
+"""Build TensorRT engines from an exported folder's ONNX graphs, into the engine cache.
+
+Needs TensorRT (imported when a build starts), not torch. The TensorRT 10 API in use: a
+`Builder`, `create_network(0)` (TensorRT 10 networks are always explicit-batch), the
+`OnnxParser` reading the graph from its path (so external data beside it is found), a builder
+config with the FP16 flag, a workspace pool limit, one optimization profile, the machine's
+timing cache and a progress monitor, then `build_serialized_network`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sdxs_rt import __version__
+from sdxs_rt.backends.tensorrt.cache import (
+    CachedEngine,
+    EngineKey,
+    find_cached,
+    store_engine,
+    timing_cache_path,
+    write_atomic,
+)
+from sdxs_rt.backends.tensorrt.environment import (
+    TENSORRT_MISSING,
+    Environment,
+    current_environment,
+    require_gpu,
+)
+from sdxs_rt.backends.tensorrt.profile import check_profile, engine_profile_shapes
+from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
+from sdxs_rt.graphs import (
+    MANIFEST_NAME,
+    Manifest,
+    ShapeTriple,
+    SizeProfile,
+    graph_specs,
+    read_manifest,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+RUNTIME_GRAPHS = ("text_encoder", "unet", "vae_decoder")  # what text-to-image runs
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_PROFILE = SizeProfile()  # frozen: safe as a default
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """A progress report: `kind` is skip, start, phase_start, step, phase_finish or done."""
+
+    graph: str
+    kind: str
+    phase: str = ""
+    parent: str | None = None  # the enclosing phase (phase_start only)
+    step: int = 0
+    total: int = 0  # the phase's number of steps (phase_start only)
+    path: Path | None = None  # the engine file (skip and done)
+
+
+# A callback that returns False (not None) from a "step" event cancels the build.
+ProgressCallback = Callable[[BuildEvent], object]
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One engine to build: the graph, its key and shapes, and what the sidecar records."""
+
+    graph: str
+    onnx_path: Path
+    key: EngineKey
+    shapes: dict[str, ShapeTriple]
+    sidecar: dict[str, Any] = field(default_factory=dict)
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise DeviceError(TENSORRT_MISSING) from None
+    return tensorrt
+
+
+@functools.cache
+def tensorrt_logger(trt: Any) -> Any:
+    """One logger per process: TensorRT warns when builders and runtimes get different ones."""
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"TensorRT engines are built in fp16 or fp32, not {precision!r}")
+    return precision
+
+
+def build_engines(
+    exported_dir: str | Path,
+    profile: SizeProfile = DEFAULT_PROFILE,
+    precision: str = "fp16",
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+    workspace_bytes: int | None = None,
+) -> list[Path]:
+    """Build (or find in the cache) the engines text-to-image needs; their paths.
+
+    Each finished engine is recorded in the folder's manifest at once, so an interrupted build
+    resumes where it stopped. `force` rebuilds engines that are already cached.
+    """
+    check_profile(profile)
+    check_precision(precision)
+    trt = import_tensorrt()
+    folder = Path(exported_dir)
+    manifest = read_manifest(folder)
+    environment = require_gpu(current_environment())
+    notify = progress or (lambda event: None)
+    paths = []
+    for graph in RUNTIME_GRAPHS:
+        job = plan_job(folder, manifest, graph, profile, precision, environment)
+        engine = reuse_cached(job, notify) if not force else None
+        engine = engine or build_engine(trt, job, notify, workspace_bytes)
+        record_in_manifest(folder, engine)
+        paths.append(engine.engine_path)
+    return paths
+
+
+def plan_job(
+    folder: Path,
+    manifest: Manifest,
+    graph: str,
+    profile: SizeProfile,
+    precision: str,
+    environment: Environment,
+) -> BuildJob:
+    entry = manifest.graphs.get(graph)
+    if entry is None:
+        raise EngineError(
+            f"{folder / MANIFEST_NAME} lists no {graph} graph; export the model again "
+            "with 'sdxs-rt export onnx'"
+        )
+    onnx_path = folder / entry.file
+    if not onnx_path.is_file():
+        raise ModelNotFoundError(f"{onnx_path} is missing; export the model again")
+    key = EngineKey(
+        onnx_sha256=entry.sha256,
+        precision=precision,
+        profile=profile,
+        tensorrt_version=str(environment.tensorrt_version),
+        compute_capability=str(environment.compute_capability),
+        os=environment.os,
+    )
+    spec = graph_specs(manifest.latent_channels, manifest.text_width)[graph]
+    shapes = engine_profile_shapes(spec, profile, manifest.vae_scale_factor)
+    sidecar = {
+        "graph": graph,
+        "model": {"name": manifest.model.get("name", ""), "hash": manifest.model.get("hash", "")},
+        "onnx_file": entry.file,
+        "profile": asdict(profile),
+        "environment": environment.to_dict(),
+        "sdxs_rt_version": __version__,
+    }
+    return BuildJob(graph, onnx_path, key, shapes, sidecar)
+
+
+def reuse_cached(job: BuildJob, notify: ProgressCallback) -> CachedEngine | None:
+    cached = find_cached(job.key)
+    if cached is not None:
+        notify(BuildEvent(job.graph, "skip", path=cached.engine_path))
+    return cached
+
+
+def build_engine(
+    trt: Any, job: BuildJob, notify: ProgressCallback, workspace_bytes: int | None = None
+) -> CachedEngine:
+    """Build one engine and store it (atomically) with its sidecar."""
+    notify(BuildEvent(job.graph, "start"))
+    started = time.monotonic()
+    serialized = serialize_network(trt, job, notify, workspace_bytes)
+    sidecar = {
+        **job.sidecar,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    engine = store_engine(job.key, memoryview(serialized), sidecar)
+    notify(BuildEvent(job.graph, "done", path=engine.engine_path))
+    return engine
+
+
+def serialize_network(
+    trt: Any, job: BuildJob, notify: ProgressCallback, workspace_bytes: int | None = None
+) -> Any:
+    """ONNX file -> serialized engine (TensorRT's IHostMemory, a buffer)."""
+    trt_logger = tensorrt_logger(trt)
+    builder = trt.Builder(trt_logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, trt_logger)
+    if not parser.parse_from_file(str(job.onnx_path)):
+        raise EngineError(parse_error_message(parser, job.onnx_path))
+    config = builder.create_builder_config()
+    configure(trt, config, job.key.precision, workspace_bytes)
+    config.add_optimization_profile(optimization_profile(builder, network, job))
+    monitor = make_progress_monitor(trt, job.graph, notify)  # must outlive the build
+    config.progress_monitor = monitor
+    timing_file = timing_cache_path(job.key.tensorrt_version, job.key.compute_capability)
+    use_timing_cache(config, timing_file)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(build_failure_message(job, cancelled=monitor.cancelled))
+    save_timing_cache(config, timing_file)
+    return serialized
+
+
+def configure(trt: Any, config: Any, precision: str, workspace_bytes: int | None) -> None:
+    if precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+
+
+def optimization_profile(builder: Any, network: Any, job: BuildJob) -> Any:
+    """min/opt/max shapes for every dynamic input of the parsed network."""
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        dims = tuple(tensor.shape)
+        if all(dim >= 0 for dim in dims):
+            continue  # a static input (a scalar timestep, say): nothing to choose
+        low, opt, high = job.shapes.get(tensor.name) or _unknown_input(job, tensor.name)
+        if len(low) != len(dims):
+            raise EngineError(
+                f"{job.onnx_path}: input {tensor.name!r} has {len(dims)} dimensions, "
+                f"sdxs-rt expects {len(low)}; export the model again with this sdxs-rt"
+            )
+        profile.set_shape(tensor.name, low, opt, high)
+    return profile
+
+
+def _unknown_input(job: BuildJob, name: str) -> ShapeTriple:
+    expected = ", ".join(job.shapes) or "none"
+    raise EngineError(
+        f"{job.onnx_path} has an input {name!r} that sdxs-rt does not know (expected: "
+        f"{expected}); export the model again with this sdxs-rt"
+    )
+
+
+def parse_error_message(parser: Any, path: Path) -> str:
+    errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+    return f"TensorRT could not parse {path}: {'; '.join(errors) or 'no details given'}"
+
+
+def build_failure_message(job: BuildJob, cancelled: bool) -> str:
+    if cancelled:
+        return f"the build of the {job.graph} engine was cancelled"
+    return (
+        f"TensorRT could not build the {job.graph} engine from {job.onnx_path} (see its "
+        "messages above); a smaller --max-size or --max-batch needs less GPU memory"
+    )
+
+
+def use_timing_cache(config: Any, path: Path) -> None:
+    """Load the machine's timing cache into the config; an unusable one is started afresh."""
+    data = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        logger.warning("ignoring the TensorRT timing cache %s: it does not fit this machine", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def save_timing_cache(config: Any, path: Path) -> None:
+    """Write the timing cache back, now with this build's measurements (best effort)."""
+    try:
+        write_atomic(path, memoryview(config.get_timing_cache().serialize()))
+    except OSError as exc:
+        logger.warning("could not save the TensorRT timing cache %s: %s", path, exc)
+
+
+def make_progress_monitor(trt: Any, graph: str, notify: ProgressCallback) -> Any:
+    """A `trt.IProgressMonitor` forwarding build phases and steps to `notify`."""
+
+    class ProgressMonitor(trt.IProgressMonitor):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)  # the binding's base must be initialised
+            self.cancelled = False
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            event = BuildEvent(graph, "phase_start", phase_name, parent_phase, total=num_steps)
+            forward_event(notify, event)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            go_on = forward_event(notify, BuildEvent(graph, "step", phase_name, step=step))
+            self.cancelled = self.cancelled or not go_on
+            return go_on  # False asks TensorRT to cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            forward_event(notify, BuildEvent(graph, "phase_finish", phase_name))
+
+    return ProgressMonitor()
+
+
+def forward_event(notify: ProgressCallback, event: BuildEvent) -> bool:
+    """Called from TensorRT's threads: a failing callback is logged, never raised into them."""
+    try:
+        return notify(event) is not False
+    except Exception:
+        logger.exception("the build progress callback failed")
+        return True
+
+
+def manifest_record(engine: CachedEngine) -> dict[str, Any]:
+    """What the exported folder's manifest notes about an engine (a sidecar-like dict)."""
+    sidecar = engine.sidecar
+    return {
+        "graph": engine.graph,
+        "digest": engine.digest,
+        "file": str(engine.engine_path),
+        "key": sidecar["key"],
+        "profile": sidecar["key"]["profile"],
+        "environment": sidecar.get("environment", {}),
+        "built_at": sidecar.get("built_at", ""),
+        "sdxs_rt_version": sidecar.get("sdxs_rt_version", ""),
+    }
+
+
+def record_in_manifest(folder: Path, engine: CachedEngine) -> None:
+    """Note the engine in `manifest.json` (atomic write); a read-only folder only warns."""
+    manifest = read_manifest(folder)  # read again: another process may have written it
+    manifest.engines[engine.graph] = manifest_record(engine)
+    try:
+        write_manifest(folder, manifest)
+    except OSError as exc:
+        logger.warning("could not record the %s engine in %s: %s", engine.graph, folder, exc)

@@ -1,0 +1,165 @@
+"""Assemble the TensorRT backend's components from an exported folder and the engine cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdxs_rt.backends.tensorrt.builder import RUNTIME_GRAPHS, check_precision, import_tensorrt
+from sdxs_rt.backends.tensorrt.cache import CachedEngine
+from sdxs_rt.backends.tensorrt.environment import Environment, current_environment, require_gpu
+from sdxs_rt.backends.tensorrt.ops import CudaTensorOps, cuda_device
+from sdxs_rt.backends.tensorrt.profile import (
+    INFO_KEY,
+    common_profile,
+    profile_from_dict,
+    profile_info,
+)
+from sdxs_rt.backends.tensorrt.runtime import TrtEngine, deserialize
+from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
+from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
+from sdxs_rt.backends.tensorrt.wrappers import TrtTextEncoder, TrtUNet, TrtVAEDecoder
+from sdxs_rt.components import Components, LatentScaling
+from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
+from sdxs_rt.graphs import MANIFEST_NAME, Manifest, graph_specs, read_manifest
+
+# SDXS_RT_CUDA_GRAPHS=1 replays the U-Net through a CUDA graph (captured again per shape).
+CUDA_GRAPHS_VARIABLE = "SDXS_RT_CUDA_GRAPHS"
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What opening each engine needs."""
+
+    trt: Any
+    folder: Path
+    manifest: Manifest
+    precision: str
+    environment: Environment
+    device: torch.device
+
+
+def load_components(
+    model: str | Path | None,
+    *,
+    text_encoder: str | None = None,
+    device: str = "cuda",
+    precision: str = "fp16",
+    variant: str | None = None,
+    trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
+) -> Components:
+    """Components over the cached engines of `model`, an exported folder."""
+    folder = exported_folder(model, text_encoder)
+    manifest = read_manifest(folder)
+    check_precision(precision)
+    trt = import_tensorrt()
+    torch_device = cuda_device(device)
+    environment = require_gpu(current_environment(torch_device.index or 0))
+    plan = LoadPlan(trt, folder, manifest, precision, environment, torch_device)
+    opened = {graph: open_engine(plan, graph) for graph in RUNTIME_GRAPHS}
+    engines = {graph: engine for graph, (engine, _) in opened.items()}
+    cached = {graph: entry for graph, (_, entry) in opened.items()}
+    return Components(
+        text_encoder=text_encoder_component(plan, engines["text_encoder"], cached),
+        unet=TrtUNet(engines["unet"]),
+        vae_decoder=TrtVAEDecoder(engines["vae_decoder"], str(folder)),
+        ops=CudaTensorOps(torch_device),
+        scheduler_config=dict(manifest.scheduler_config),
+        latent_scaling=latent_scaling(manifest.latent_scaling),
+        latent_channels=manifest.latent_channels,
+        vae_scale_factor=manifest.vae_scale_factor,
+        info=components_info(plan, cached, variant),
+    )
+
+
+def exported_folder(model: str | Path | None, text_encoder: str | None) -> Path:
+    """The folder to load, or a clear error for what this backend cannot load."""
+    if model is None:
+        raise UsageError("the tensorrt backend needs --model pointing at an exported folder")
+    if text_encoder is not None:
+        raise UsageError(
+            "the tensorrt backend takes no --text-encoder: the text encoder is part of the "
+            "export (give --text-encoder to 'sdxs-rt export onnx' instead)"
+        )
+    folder = Path(model)
+    if not (folder / MANIFEST_NAME).is_file():
+        what = "has no manifest.json" if folder.is_dir() else "is not a folder"
+        raise ModelNotFoundError(
+            f"{folder} {what}; the tensorrt backend runs exported graphs: run "
+            f"'sdxs-rt export onnx --model {model} --out DIR', then "
+            "'sdxs-rt engine build --model DIR', and pass --model DIR"
+        )
+    return folder
+
+
+def open_engine(plan: LoadPlan, graph: str) -> tuple[TrtEngine, CachedEngine]:
+    entry = plan.manifest.graphs.get(graph)
+    if entry is None:
+        raise EngineError(f"{plan.folder / MANIFEST_NAME} lists no {graph} graph; export again")
+    query = EngineQuery(
+        graph, entry.sha256, plan.precision, plan.folder, plan.manifest.engines.get(graph)
+    )
+    cached = select_engine(query, plan.environment)
+    runtime, engine = deserialize(plan.trt, cached, plan.environment, plan.folder)
+    use_graphs = graph == "unet" and os.environ.get(CUDA_GRAPHS_VARIABLE) == "1"
+    trt_engine = TrtEngine(plan.trt, engine, plan.device, cuda_graph=use_graphs)
+    trt_engine.runtime = runtime
+    check_io_names(trt_engine, graph, plan)
+    return trt_engine, cached
+
+
+def check_io_names(engine: TrtEngine, graph: str, plan: LoadPlan) -> None:
+    spec = graph_specs(plan.manifest.latent_channels, plan.manifest.text_width)[graph]
+    expected = sorted(t.name for t in (*spec.inputs, *spec.outputs))
+    found = sorted([*engine.inputs, *engine.outputs])
+    if found != expected:
+        raise EngineError(
+            f"the {graph} engine has tensors {', '.join(found)}, sdxs-rt expects "
+            f"{', '.join(expected)}; export the model again and rebuild the engines"
+        )
+
+
+def text_encoder_component(
+    plan: LoadPlan, engine: TrtEngine, cached: dict[str, CachedEngine]
+) -> TrtTextEncoder:
+    max_tokens = profile_from_dict(cached["text_encoder"].sidecar["key"]["profile"]).max_sequence
+    tokenizer = PromptTokenizer.from_file(plan.folder / plan.manifest.tokenizer, max_tokens)
+    return TrtTextEncoder(tokenizer, engine, plan.manifest.text_width)
+
+
+def latent_scaling(values: dict[str, Any]) -> LatentScaling:
+    def number_or_tuple(value: Any) -> float | tuple[float, ...]:
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        return float(value)
+
+    return LatentScaling(
+        scaling_factor=float(values.get("scaling_factor", 1.0)),
+        mean=number_or_tuple(values.get("mean", 0.0)),
+        std=number_or_tuple(values.get("std", 1.0)),
+    )
+
+
+def components_info(
+    plan: LoadPlan, cached: dict[str, CachedEngine], variant: str | None
+) -> dict[str, Any]:
+    """Components.info, with the sizes the engines cover under "engine_profile"."""
+    model = plan.manifest.model
+    profiles = [profile_from_dict(e.sidecar["key"]["profile"]) for e in cached.values()]
+    return {
+        "backend": "tensorrt",
+        "device": str(plan.device),
+        "precision": plan.precision,
+        "model": str(model.get("name", "")),
+        "model_hash": str(model.get("hash", "")),
+        "text_encoder": str(model.get("text_encoder", "")),
+        "variant": variant,
+        "tensorrt_version": plan.environment.tensorrt_version,
+        "gpu": plan.environment.gpu_name,
+        "engines": {graph: str(entry.engine_path) for graph, entry in cached.items()},
+        INFO_KEY: profile_info(common_profile(profiles)),
+    }

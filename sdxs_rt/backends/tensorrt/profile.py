@@ -1,0 +1,134 @@
+"""Which sizes an engine covers, and the refusal of a request outside them (torch- and TRT-free).
+
+A TensorRT engine only runs the shapes of its optimization profile, so a request is checked
+against the profile before anything is generated, with a message that names the sizes covered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sdxs_rt.errors import UsageError
+from sdxs_rt.graphs import GraphSpec, ShapeTriple, SizeProfile, profile_shapes
+
+SIZE_STEP = 64  # image sides are multiples of 64 (sdxs_rt.params)
+INFO_KEY = "engine_profile"  # Components.info[INFO_KEY]: the sizes the loaded engines cover
+
+
+def check_profile(profile: SizeProfile) -> SizeProfile:
+    """A profile the builder can use: ordered, positive, sides multiples of 64."""
+    sides = (profile.min_size, profile.opt_size, profile.max_size)
+    if not 0 < sides[0] <= sides[1] <= sides[2]:
+        raise UsageError(
+            f"sizes must satisfy 0 < min <= opt <= max, got {sides[0]}/{sides[1]}/{sides[2]}"
+        )
+    bad = [side for side in sides if side % SIZE_STEP]
+    if bad:
+        raise UsageError(f"profile sizes must be multiples of {SIZE_STEP}, got {bad[0]}")
+    batches = (profile.min_batch, profile.opt_batch, profile.max_batch)
+    if not 0 < batches[0] <= batches[1] <= batches[2]:
+        raise UsageError(f"batch sizes must satisfy 0 < min <= opt <= max, got {batches}")
+    if profile.max_sequence < 2:
+        raise UsageError(f"max sequence must be at least 2 tokens, got {profile.max_sequence}")
+    return profile
+
+
+def engine_profile_shapes(
+    spec: GraphSpec, profile: SizeProfile, vae_scale: int = 8
+) -> dict[str, ShapeTriple]:
+    """`graphs.profile_shapes`, with the U-Net's smallest batch lowered to `min_batch`.
+
+    The U-Net runs batch 2B under classifier-free guidance but batch B at guidance <= 1, so its
+    profile must reach down to `min_batch` (profile_shapes doubles the minimum too).
+    """
+    shapes = profile_shapes(spec, profile, vae_scale=vae_scale)
+    if spec.name != "unet":
+        return shapes
+    lowered: dict[str, ShapeTriple] = {}
+    for name, (low, opt, high) in shapes.items():
+        if spec_has_batch(spec, name) and low:
+            low = (min(low[0], profile.min_batch), *low[1:])
+        lowered[name] = (low, opt, high)
+    return lowered
+
+
+def spec_has_batch(spec: GraphSpec, name: str) -> bool:
+    tensor = next(t for t in spec.inputs if t.name == name)
+    return bool(tensor.shape) and tensor.shape[0] == "batch"
+
+
+def validate_request(profile: SizeProfile, width: int, height: int, batch: int) -> None:
+    """Refuse (UsageError) a size or batch the engines cannot run, naming what they cover."""
+    if profile.covers(width, height, batch):
+        return
+    if profile.min_batch <= batch <= profile.max_batch:
+        what = f"{width}x{height}"
+    else:
+        what = f"{width}x{height} with batch {batch}"
+    raise UsageError(
+        f"{what} is outside this engine's profile ({profile.describe()}); "
+        f"rebuild with `sdxs-rt engine build {rebuild_hint(profile, width, height, batch)}`"
+    )
+
+
+def rebuild_hint(profile: SizeProfile, width: int, height: int, batch: int) -> str:
+    """The build options that would cover the request, e.g. `--model DIR --max-size 1280`."""
+    options = ["--model DIR"]
+    if min(width, height) < profile.min_size:
+        options.append(f"--min-size {min(width, height)}")
+    if max(width, height) > profile.max_size:
+        options.append(f"--max-size {max(width, height)}")
+    if batch > profile.max_batch:
+        options.append(f"--max-batch {batch}")
+    return " ".join(options)
+
+
+def profile_info(profile: SizeProfile) -> dict[str, Any]:
+    """The profile as `Components.info["engine_profile"]`: its fields plus a sentence."""
+    return {**asdict(profile), "description": profile.describe()}
+
+
+def profile_from_dict(values: Mapping[str, Any]) -> SizeProfile:
+    """A SizeProfile from a dict that may hold extra keys (a sidecar, the info dict)."""
+    names = {f.name for f in fields(SizeProfile)}
+    return SizeProfile(**{k: int(v) for k, v in values.items() if k in names})
+
+
+def common_profile(profiles: Iterable[SizeProfile]) -> SizeProfile:
+    """The sizes every engine of a set covers (graphs built with different profiles)."""
+    profiles = list(profiles)
+    first = profiles[0]
+    min_size = max(p.min_size for p in profiles)
+    max_size = min(p.max_size for p in profiles)
+    return replace(
+        first,
+        min_size=min_size,
+        opt_size=min(max(first.opt_size, min_size), max_size),
+        max_size=max_size,
+        min_batch=max(p.min_batch for p in profiles),
+        max_batch=min(p.max_batch for p in profiles),
+        max_sequence=min(p.max_sequence for p in profiles),
+    )
+
+
+def check_size(components: Any, width: int, height: int, batch: int) -> None:
+    """What the CLI calls after loading, before generating; a no-op for other backends."""
+    values = getattr(components, "info", {}).get(INFO_KEY)
+    if values:
+        validate_request(profile_from_dict(values), width, height, batch)
+
+
+def check_size_for_model(model_dir: str | Path, width: int, height: int, batch: int) -> None:
+    """The same check before loading, from the engines recorded in the folder's manifest.
+
+    Quiet when the folder records no engines (the loader then says what to build).
+    """
+    from sdxs_rt.graphs import read_manifest
+
+    engines = read_manifest(Path(model_dir)).engines
+    profiles = [profile_from_dict(e["profile"]) for e in engines.values() if "profile" in e]
+    if profiles:
+        validate_request(common_profile(profiles), width, height, batch)

@@ -1,0 +1,68 @@
+"""The component protocols (TextEncoder, UNet, VAEDecoder) over TensorRT engines.
+
+Arrays are float32 torch CUDA tensors, as with the torch backend on CUDA; each engine takes
+and returns the dtypes its graph was exported with, and `TrtEngine` casts at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sdxs_rt.backends.tensorrt.runtime import TrtEngine
+from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
+from sdxs_rt.errors import EngineError
+
+
+class TrtTextEncoder:
+    """Prompts -> (B, D) pooled embeddings, float32 on the GPU."""
+
+    def __init__(self, tokenizer: PromptTokenizer, engine: TrtEngine, width: int) -> None:
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.width = width
+
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        input_ids, attention_mask = self.tokenizer(prompts)
+        feeds = {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+        }
+        return self.engine(feeds)["text_embeds"].float()
+
+
+class TrtUNet:
+    """(sample, timestep, encoder_hidden_states) -> model output, float32."""
+
+    def __init__(self, engine: TrtEngine) -> None:
+        self.engine = engine
+        self.scalar_timestep = engine.input_rank("timestep") == 0
+
+    def __call__(
+        self, sample: torch.Tensor, timestep: float, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        shape = () if self.scalar_timestep else (sample.shape[0],)
+        feeds = {
+            "sample": sample,
+            "timestep": torch.full(shape, float(timestep), device=sample.device),
+            "encoder_hidden_states": encoder_hidden_states,
+        }
+        return self.engine(feeds)["out_sample"].float()
+
+
+class TrtVAEDecoder:
+    """Unscaled latents -> images in [-1, 1], float32; NaN (fp16 overflow) is an error."""
+
+    def __init__(self, engine: TrtEngine, model_dir: str = "DIR") -> None:
+        self.engine = engine
+        self.model_dir = model_dir
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        images = self.engine({"latent_sample": latents})["sample"].float()
+        if bool(torch.isnan(images).any()):
+            raise EngineError(
+                "the VAE decoder engine produced NaN (an fp16 overflow); build the engines "
+                f"in fp32: `sdxs-rt engine build --model {self.model_dir} --precision fp32`"
+            )
+        return images
