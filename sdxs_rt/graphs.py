@@ -103,12 +103,16 @@ ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def profile_shapes(
-    spec: GraphSpec, profile: SizeProfile, latent_channels: int = 16, vae_scale: int = 8
+    spec: GraphSpec, profile: SizeProfile, vae_scale: int = 8
 ) -> dict[str, ShapeTriple]:
-    """min/opt/max shape per input. The U-Net batch is doubled for classifier-free guidance."""
+    """min/opt/max shape per input.
+
+    The U-Net's opt and max batch are doubled for classifier-free guidance; its min stays
+    `min_batch`, since at guidance <= 1 it runs the conditional branch alone.
+    """
     batch_factor = 2 if spec.name == "unet" else 1
     batches = (
-        profile.min_batch * batch_factor,
+        profile.min_batch,
         profile.opt_batch * batch_factor,
         profile.max_batch * batch_factor,
     )

@@ -30,10 +30,10 @@ from sdxs_rt.backends.onnx.providers import (
     plan_providers,
 )
 from sdxs_rt.backends.onnx.sessions import IOBindingRunner, SessionRunner, make_runner
-from sdxs_rt.backends.onnx.tokenizer import MAX_TOKENS, PromptTokenizer
 from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import GraphEntry, Manifest, graph_specs, write_manifest
 from sdxs_rt.pipeline import Pipeline
+from sdxs_rt.prompt_tokenizer import MAX_TOKENS, PromptTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGED_TOKENIZER = ROOT / "sdxs_rt" / "models" / "tiny-sdxs" / "tokenizer"

@@ -35,6 +35,7 @@ from sdxs_rt.graphs import (
     Manifest,
     SizeProfile,
     graph_specs,
+    profile_shapes,
     read_manifest,
     write_manifest,
 )
@@ -332,7 +333,7 @@ class FakeEngine:
 
     def get_tensor_profile_shape(self, name: str, index: int) -> list[tuple[int, ...]]:
         assert index == 0
-        return list(profile.engine_profile_shapes(self.spec, SMALL)[name])
+        return list(profile_shapes(self.spec, SMALL)[name])
 
     def create_execution_context(self) -> FakeContext:
         return FakeContext(self)
@@ -568,15 +569,15 @@ def test_current_environment_reads_the_tensorrt_version(fake_trt: FakeTrt) -> No
 
 def test_profile_shapes_per_graph() -> None:
     specs = graph_specs(16, 1152)
-    text = profile.engine_profile_shapes(specs["text_encoder"], SizeProfile())
+    text = profile_shapes(specs["text_encoder"], SizeProfile())
     assert text["input_ids"] == ((1, 1), (1, 77), (4, 512))
     assert text["attention_mask"] == text["input_ids"]
-    unet = profile.engine_profile_shapes(specs["unet"], SizeProfile())
+    unet = profile_shapes(specs["unet"], SizeProfile())
     # batch 1 at guidance <= 1, up to 2 x 4 with classifier-free guidance
     assert unet["sample"] == ((1, 16, 40, 40), (2, 16, 72, 72), (8, 16, 128, 128))
     assert unet["timestep"] == ((1,), (2,), (8,))
     assert unet["encoder_hidden_states"] == ((1, 1, 1152), (2, 1, 1152), (8, 1, 1152))
-    vae = profile.engine_profile_shapes(specs["vae_decoder"], SizeProfile())
+    vae = profile_shapes(specs["vae_decoder"], SizeProfile())
     assert vae["latent_sample"] == ((1, 16, 40, 40), (1, 16, 72, 72), (4, 16, 128, 128))
 
 
@@ -663,7 +664,7 @@ def test_build_engines_makes_the_right_tensorrt_calls(
     profiles = [call[1] for call in calls_named(fake_trt, "add_optimization_profile")]
     specs = graph_specs(16, TEXT_WIDTH)
     for graph, shapes in zip(builder_module.RUNTIME_GRAPHS, profiles, strict=True):
-        assert shapes == profile.engine_profile_shapes(specs[graph], SMALL)
+        assert shapes == profile_shapes(specs[graph], SMALL)
     assert len(calls_named(fake_trt, "IProgressMonitor.__init__")) == 3
 
 
@@ -1124,7 +1125,7 @@ def test_the_vae_decoder_refuses_nan(fake_trt: FakeTrt) -> None:
 
 
 def test_tokenizer_pads_to_the_longest_prompt_only() -> None:
-    from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
+    from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
     tokenizer = PromptTokenizer.from_file(TINY_TOKENIZER / "tokenizer.json", max_tokens=8)
     ids, mask = tokenizer(["a red circle", ""])
@@ -1138,7 +1139,7 @@ def test_tokenizer_pads_to_the_longest_prompt_only() -> None:
 
 def test_tokenizer_matches_transformers() -> None:
     transformers = pytest.importorskip("transformers")
-    from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
+    from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
     ours = PromptTokenizer.from_file(TINY_TOKENIZER / "tokenizer.json")
     theirs = transformers.AutoTokenizer.from_pretrained(str(TINY_TOKENIZER))

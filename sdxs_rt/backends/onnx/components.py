@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from sdxs_rt.backends.onnx.sessions import GraphRunner
-from sdxs_rt.backends.onnx.tokenizer import PromptTokenizer
 from sdxs_rt.errors import EngineError
+from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 TEXT_ENCODER_INPUTS = ("input_ids", "attention_mask")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")

@@ -18,10 +18,10 @@ from sdxs_rt.backends.onnx.components import (
 )
 from sdxs_rt.backends.onnx.providers import ProviderPlan, plan_providers
 from sdxs_rt.backends.onnx.sessions import GraphRunner, input_dtypes, make_runner, open_session
-from sdxs_rt.backends.onnx.tokenizer import PromptTokenizer
 from sdxs_rt.components import Components, LatentScaling
 from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import MANIFEST_NAME, Manifest, read_manifest
+from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 
 def load_components(

@@ -33,7 +33,7 @@ from sdxs_rt.backends.tensorrt.environment import (
     current_environment,
     require_gpu,
 )
-from sdxs_rt.backends.tensorrt.profile import check_profile, engine_profile_shapes
+from sdxs_rt.backends.tensorrt.profile import check_profile
 from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import (
     MANIFEST_NAME,
@@ -41,6 +41,7 @@ from sdxs_rt.graphs import (
     ShapeTriple,
     SizeProfile,
     graph_specs,
+    profile_shapes,
     read_manifest,
     write_manifest,
 )
@@ -156,7 +157,7 @@ def plan_job(
         os=environment.os,
     )
     spec = graph_specs(manifest.latent_channels, manifest.text_width)[graph]
-    shapes = engine_profile_shapes(spec, profile, manifest.vae_scale_factor)
+    shapes = profile_shapes(spec, profile, manifest.vae_scale_factor)
     sidecar = {
         "graph": graph,
         "model": {"name": manifest.model.get("name", ""), "hash": manifest.model.get("hash", "")},

@@ -12,7 +12,7 @@ import torch
 from sdxs_rt.backends.tensorrt.builder import RUNTIME_GRAPHS, check_precision, import_tensorrt
 from sdxs_rt.backends.tensorrt.cache import CachedEngine
 from sdxs_rt.backends.tensorrt.environment import Environment, current_environment, require_gpu
-from sdxs_rt.backends.tensorrt.ops import CudaTensorOps, cuda_device
+from sdxs_rt.backends.tensorrt.ops import cuda_device
 from sdxs_rt.backends.tensorrt.profile import (
     INFO_KEY,
     common_profile,
@@ -21,11 +21,12 @@ from sdxs_rt.backends.tensorrt.profile import (
 )
 from sdxs_rt.backends.tensorrt.runtime import TrtEngine, deserialize
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
-from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
 from sdxs_rt.backends.tensorrt.wrappers import TrtTextEncoder, TrtUNet, TrtVAEDecoder
+from sdxs_rt.backends.torch.ops import TorchOps
 from sdxs_rt.components import Components, LatentScaling
 from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import MANIFEST_NAME, Manifest, graph_specs, read_manifest
+from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 # SDXS_RT_CUDA_GRAPHS=1 replays the U-Net through a CUDA graph (captured again per shape).
 CUDA_GRAPHS_VARIABLE = "SDXS_RT_CUDA_GRAPHS"
@@ -67,7 +68,7 @@ def load_components(
         text_encoder=text_encoder_component(plan, engines["text_encoder"], cached),
         unet=TrtUNet(engines["unet"]),
         vae_decoder=TrtVAEDecoder(engines["vae_decoder"], str(folder)),
-        ops=CudaTensorOps(torch_device),
+        ops=TorchOps(torch_device, torch.float32),
         scheduler_config=dict(manifest.scheduler_config),
         latent_scaling=latent_scaling(manifest.latent_scaling),
         latent_channels=manifest.latent_channels,

@@ -1,37 +1,10 @@
-"""`ArrayOps` over torch CUDA tensors, and the device the engines run on.
-
-The same operations as the torch backend's `TorchOps`, kept here so that the TensorRT backend
-needs torch alone, not the torch backend's diffusers and transformers.
-"""
+"""The CUDA device the engines run on (arrays are the torch backend's `TorchOps` tensors)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 
 from sdxs_rt.errors import DeviceError, UsageError
-
-
-class CudaTensorOps:
-    """Float32 latents on one CUDA device."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def from_host(self, array: np.ndarray) -> torch.Tensor:
-        host = np.array(array, dtype=np.float32)  # a writable copy: callers may reuse theirs
-        return torch.from_numpy(host).to(self.device, non_blocking=self.device.type == "cuda")
-
-    def to_host(self, array: torch.Tensor) -> np.ndarray:
-        return array.detach().to("cpu", torch.float32).clone().numpy()
-
-    def concat(self, arrays: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(list(arrays), dim=0)
-
-    def clip(self, array: torch.Tensor, low: float, high: float) -> torch.Tensor:
-        return array.clamp(low, high)
 
 
 def cuda_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxs_rt.errors import UsageError
-from sdxs_rt.graphs import GraphSpec, ShapeTriple, SizeProfile, profile_shapes
+from sdxs_rt.graphs import SizeProfile
 
 SIZE_STEP = 64  # image sides are multiples of 64 (sdxs_rt.params)
 INFO_KEY = "engine_profile"  # Components.info[INFO_KEY]: the sizes the loaded engines cover
@@ -34,30 +34,6 @@ def check_profile(profile: SizeProfile) -> SizeProfile:
     if profile.max_sequence < 2:
         raise UsageError(f"max sequence must be at least 2 tokens, got {profile.max_sequence}")
     return profile
-
-
-def engine_profile_shapes(
-    spec: GraphSpec, profile: SizeProfile, vae_scale: int = 8
-) -> dict[str, ShapeTriple]:
-    """`graphs.profile_shapes`, with the U-Net's smallest batch lowered to `min_batch`.
-
-    The U-Net runs batch 2B under classifier-free guidance but batch B at guidance <= 1, so its
-    profile must reach down to `min_batch` (profile_shapes doubles the minimum too).
-    """
-    shapes = profile_shapes(spec, profile, vae_scale=vae_scale)
-    if spec.name != "unet":
-        return shapes
-    lowered: dict[str, ShapeTriple] = {}
-    for name, (low, opt, high) in shapes.items():
-        if spec_has_batch(spec, name) and low:
-            low = (min(low[0], profile.min_batch), *low[1:])
-        lowered[name] = (low, opt, high)
-    return lowered
-
-
-def spec_has_batch(spec: GraphSpec, name: str) -> bool:
-    tensor = next(t for t in spec.inputs if t.name == name)
-    return bool(tensor.shape) and tensor.shape[0] == "batch"
 
 
 def validate_request(profile: SizeProfile, width: int, height: int, batch: int) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 
 from sdxs_rt.backends.tensorrt.runtime import TrtEngine
-from sdxs_rt.backends.tensorrt.tokenizer import PromptTokenizer
 from sdxs_rt.errors import EngineError
+from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 
 class TrtTextEncoder:

@@ -1,5 +1,7 @@
 """Prompt tokenization with the `tokenizers` library alone (no transformers, no torch).
 
+Shared by the backends that run exported graphs (ONNX Runtime, TensorRT).
+
 Tokenizes exactly as transformers' XLM-R fast tokenizer does with `padding="longest",
 truncation=True, max_length=512`: `<s> ... </s>`, padded to the longest prompt of the batch
 with the pad token and an attention mask, never to 512 (MODEL.md, fact 2).
@@ -37,7 +39,7 @@ class PromptTokenizer:
         self.batcher.enable_padding(pad_id=pad_id, pad_token=pad_token)
 
     @classmethod
-    def from_file(cls, path: Path) -> PromptTokenizer:
+    def from_file(cls, path: Path, max_tokens: int = MAX_TOKENS) -> PromptTokenizer:
         path = Path(path)
         if not path.is_file():
             raise EngineError(
@@ -49,7 +51,7 @@ class PromptTokenizer:
             raise EngineError(
                 f"{path} is not a tokenizer file the tokenizers library reads: {exc}"
             ) from None
-        return cls(tokenizer, pad_token_for(path, tokenizer))
+        return cls(tokenizer, pad_token_for(path, tokenizer), max_tokens)
 
     def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         prompts = list(prompts)
