@@ -29,7 +29,12 @@ from sdxs_rt.backends.onnx.providers import (
     parse_device,
     plan_providers,
 )
-from sdxs_rt.backends.onnx.sessions import IOBindingRunner, SessionRunner, make_runner
+from sdxs_rt.backends.onnx.sessions import (
+    IOBindingRunner,
+    SessionRunner,
+    make_runner,
+    session_options,
+)
 from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import GraphEntry, Manifest, graph_specs, write_manifest
 from sdxs_rt.pipeline import Pipeline
@@ -343,6 +348,15 @@ def test_unet_over_iobinding_casts_to_the_graph_dtypes_and_returns_float32() -> 
     assert {name: a.dtype for name, a in inputs.items()} == dtypes
     assert inputs["timestep"].shape == (2,) and inputs["timestep"][0] == 999.0
     assert out.dtype == np.float32 and np.all(out == 0.5)
+
+
+def test_directml_sessions_turn_off_memory_patterns() -> None:
+    options = session_options(plan_providers("dml", [DIRECTML, CPU]))
+    assert options.enable_mem_pattern is False
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    cpu = session_options(plan_providers("cpu", [CPU]))
+    assert cpu.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert cpu.intra_op_num_threads == 0  # ONNX Runtime's default
 
 
 def test_cpu_plans_run_without_iobinding() -> None:

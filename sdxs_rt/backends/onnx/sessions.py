@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
-from sdxs_rt.backends.onnx.providers import ProviderPlan, check_session_providers
+from sdxs_rt.backends.onnx.providers import DIRECTML, ProviderPlan, check_session_providers
 from sdxs_rt.errors import EngineError, OutOfMemoryError, SdxsError
 from sdxs_rt.graphs import GraphEntry
 
@@ -39,11 +39,14 @@ class GraphRunner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
-def session_options() -> ort.SessionOptions:
+def session_options(plan: ProviderPlan) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Errors only: a provider fallback, ORT's usual warning, is our DeviceError instead.
     options.log_severity_level = 3
+    if plan.primary == DIRECTML:  # the DirectML provider requires both (its documentation)
+        options.enable_mem_pattern = False
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
 
 
@@ -54,7 +57,7 @@ def open_session(folder: Path, entry: GraphEntry, plan: ProviderPlan) -> Any:
         raise EngineError(f"{path} is missing; export the model again with 'sdxs-rt export onnx'")
     try:
         session = ort.InferenceSession(
-            str(path), sess_options=session_options(), providers=list(plan.providers)
+            str(path), sess_options=session_options(plan), providers=list(plan.providers)
         )
     except SdxsError:
         raise
