@@ -17,6 +17,7 @@ from sdxs_rt.errors import (
     EXIT_OUT_OF_MEMORY,
     EXIT_UNEXPECTED,
     EXIT_USAGE,
+    EngineError,
     SdxsError,
     UsageError,
 )
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_generate_parser(commands)
     add_info_parser(commands)
+    add_export_parser(commands)
+    add_engine_parser(commands)
     return parser
 
 
@@ -95,9 +98,24 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="sampler (default: the model's own scheduler)",
     )
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="default torch")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="default fp32")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (default); onnx or tensorrt take a folder written by 'sdxs-rt export onnx'",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml "
+        "(default: cpu; cuda for the tensorrt backend)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="default: fp32 for torch, the exported graphs' for onnx, fp16 for tensorrt",
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -133,6 +151,48 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         help="print one JSON object per image on stdout (logs go to stderr)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def add_engine_parser(commands: argparse._SubParsersAction) -> None:
+    from sdxs_rt.backends.tensorrt.commands import add_engine_parser as add_engine_commands
+
+    add_engine_commands(commands)
+
+
+def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    """The exporter's own arguments; a source checkout without it installed still runs."""
+    try:
+        from sdxs_rt_export.command import add_export_onnx_arguments as add_arguments
+    except ModuleNotFoundError:  # `export/` installs as sdxs_rt_export: not installed here
+        parser.add_argument("unavailable", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
+    add_arguments(parser)
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    from sdxs_rt.backends.tensorrt.commands import add_engine_arguments
+
+    p = commands.add_parser(
+        "export",
+        help="export the model to ONNX, or build TensorRT engines from the ONNX graphs",
+        description="Export the model to ONNX graphs, or build TensorRT engines from them.",
+    )
+    targets = p.add_subparsers(dest="export_target", metavar="TARGET", required=True)
+    add_export_onnx_arguments(
+        targets.add_parser(
+            "onnx",
+            help="torch -> ONNX graphs (checked against PyTorch before they are kept)",
+            description="Write text_encoder/, unet/, vae_decoder/, vae_encoder/ ONNX graphs "
+            "and manifest.json.",
+        )
+    )
+    add_engine_arguments(
+        targets.add_parser(
+            "tensorrt",
+            help="build TensorRT engines for this GPU from an exported ONNX folder",
+            description="Build TensorRT engines (a per-machine cache) from an exported folder.",
+        )
+    )
 
 
 def add_info_parser(commands: argparse._SubParsersAction) -> None:
@@ -205,6 +265,23 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_generate(args, prompts=read_prompts(args), size=parse_size(args))
     if args.command == "info":
         return run_info(args)
+    if args.command == "export" and args.export_target == "onnx":
+        if hasattr(args, "unavailable"):
+            raise EngineError(
+                "the exporter (package sdxs_rt_export) is not installed; "
+                "reinstall sdxs-rt with: pip install 'sdxs-rt[torch,onnx]'"
+            )
+        from sdxs_rt_export.command import run_export_onnx
+
+        return run_export_onnx(args)
+    if args.command == "export":
+        from sdxs_rt.backends.tensorrt.commands import run_export_tensorrt
+
+        return run_export_tensorrt(args)
+    if args.command == "engine":
+        from sdxs_rt.backends.tensorrt.commands import run_engine
+
+        return run_engine(args)
     build_parser().print_help(sys.stderr)
     return EXIT_USAGE
 

@@ -66,8 +66,13 @@ def check_preview_args(args: argparse.Namespace) -> None:
         raise UsageError("--preview-path needs --preview-every N")
 
 
-def load_pipeline(args: argparse.Namespace) -> Pipeline:
-    return Pipeline.from_pretrained(
+def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
+    if args.backend == "tensorrt" and args.model:
+        from sdxs_rt.backends.tensorrt import check_size_for_model
+
+        # Refuse sizes outside the engines' profiles before anything loads.
+        check_size_for_model(args.model, size[0], size[1], args.batch_size)
+    pipe = Pipeline.from_pretrained(
         args.model,
         text_encoder=args.text_encoder,
         backend=args.backend,
@@ -76,6 +81,11 @@ def load_pipeline(args: argparse.Namespace) -> Pipeline:
         variant=args.variant,
         trust_remote_code=args.trust_remote_code,
     )
+    if args.backend == "tensorrt":
+        from sdxs_rt.backends.tensorrt import check_size
+
+        check_size(pipe.components, size[0], size[1], args.batch_size)
+    return pipe
 
 
 class Reporter:
@@ -181,7 +191,7 @@ def shorten(text: str, limit: int = 70) -> str:
 
 def run_generate(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> int:
     jobs = plan_jobs(args, prompts, size)
-    pipe = load_pipeline(args)
+    pipe = load_pipeline(args, size)
     total_steps = sum(
         j.params.num_inference_steps * -(-j.params.num_images // j.params.batch_size) for j in jobs
     )

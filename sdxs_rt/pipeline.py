@@ -91,6 +91,10 @@ def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Ar
     return latents * std / scaling.scaling_factor + mean
 
 
+# TensorRT engines are fp16 on a GPU; exported ONNX graphs carry their own precision (None).
+DEFAULT_DEVICE = {"torch": "cpu", "onnx": "cpu", "tensorrt": "cuda"}
+DEFAULT_PRECISION: dict[str, str | None] = {"torch": "fp32", "onnx": None, "tensorrt": "fp16"}
+
 # What to install for each backend, for the message when its module or a dependency is missing.
 BACKEND_EXTRAS = {
     "torch": "sdxs-rt[torch]",
@@ -131,12 +135,16 @@ class Pipeline:
         *,
         text_encoder: str | None = None,
         backend: str = "torch",
-        device: str = "cpu",
-        dtype: str = "fp32",
+        device: str | None = None,
+        dtype: str | None = None,
         variant: str | None = None,
         trust_remote_code: bool = False,
     ) -> Pipeline:
-        """Load a diffusers-format folder or hub id (None: the built-in default model)."""
+        """Load a model: for torch a diffusers-format folder or hub id (None: the built-in
+        default model); for onnx and tensorrt a folder written by `sdxs-rt export onnx`.
+
+        `device` and `dtype` default per backend (`DEFAULT_DEVICE`, `DEFAULT_PRECISION`).
+        """
         if backend not in BACKEND_MODULES:
             raise UsageError(
                 f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_MODULES)}"
@@ -145,8 +153,8 @@ class Pipeline:
         components = module.load_components(
             model,
             text_encoder=text_encoder,
-            device=device,
-            precision=dtype,
+            device=device or DEFAULT_DEVICE[backend],
+            precision=dtype or DEFAULT_PRECISION[backend],
             variant=variant,
             trust_remote_code=trust_remote_code,
         )

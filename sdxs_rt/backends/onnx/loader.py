@@ -29,7 +29,7 @@ def load_components(
     *,
     text_encoder: str | None = None,
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str | None = None,
     variant: str | None = None,
     trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
 ) -> Components:
@@ -119,8 +119,9 @@ def exported_folder(model: str | Path | None, text_encoder: str | None) -> Path:
     return folder
 
 
-def check_precision(manifest: Manifest, precision: str, folder: Path) -> None:
-    if precision != manifest.precision:
+def check_precision(manifest: Manifest, precision: str | None, folder: Path) -> None:
+    """None takes whatever the folder holds; an explicit precision must match it."""
+    if precision is not None and precision != manifest.precision:
         raise UsageError(
             f"{folder} holds {manifest.precision} graphs, not {precision}; pass --precision "
             f"{manifest.precision} or export again with --precision {precision}"
