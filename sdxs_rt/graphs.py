@@ -212,8 +212,15 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text + "\n")
+        os.chmod(temp, 0o666 & ~_current_umask())  # mkstemp makes 0600; follow the umask
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -55,3 +55,22 @@ def tiny_model_sdxs_fp16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_mean_std(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """VAE with per-channel `latents_mean`/`latents_std` (later revisions) instead of a shift."""
     return _build(tmp_path_factory, "tiny_model_mean_std", latent_norm="mean_std")
+
+
+def _export(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory, precision: str) -> Path:
+    onnx_export = pytest.importorskip("sdxs_rt_export.onnx_export")
+    out = tmp_path_factory.mktemp(f"exported_{precision}") / "tiny-onnx"
+    onnx_export.export_onnx(str(tiny_model), out, precision=precision)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_model` exported to ONNX (fp32) by `sdxs-rt export onnx`; read-only."""
+    return _export(tiny_model, tmp_path_factory, "fp32")
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_fp16(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_model` exported to ONNX in fp16; read-only."""
+    return _export(tiny_model, tmp_path_factory, "fp16")

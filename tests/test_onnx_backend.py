@@ -510,23 +510,14 @@ def psnr(first: Any, second: Any) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def _export(tiny_model: Path, out: Path, precision: str) -> Path:
-    onnx_export = pytest.importorskip("sdxs_rt_export.onnx_export")
-    onnx_export.export_onnx(str(tiny_model), out, precision=precision)
-    return out
+@pytest.fixture(scope="module")
+def exported_fp32(exported_tiny_fp32: Path) -> Path:
+    return exported_tiny_fp32
 
 
 @pytest.fixture(scope="module")
-def exported_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(tiny_model, tmp_path_factory.mktemp("exported") / "fp32", "fp32")
-
-
-@pytest.fixture(scope="module")
-def exported_fp16(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return _export(tiny_model, tmp_path_factory.mktemp("exported") / "fp16", "fp16")
-    except Exception as exc:  # e.g. an exporter that needs a GPU for half precision
-        pytest.skip(f"the tiny model does not export in fp16 here: {exc}")
+def exported_fp16(exported_tiny_fp16: Path) -> Path:
+    return exported_tiny_fp16
 
 
 @pytest.fixture(scope="module")

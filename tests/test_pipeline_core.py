@@ -206,3 +206,24 @@ def test_a_missing_backend_dependency_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr(importlib, "import_module", missing)
     with pytest.raises(DeviceError, match=r"pip install 'sdxs-rt\[onnx\]'"):
         pipeline.import_backend("onnx")
+
+
+def test_manifest_is_written_atomically_with_the_umask(tmp_path) -> None:
+    import os
+    import stat
+
+    from sdxs_rt.graphs import Manifest, read_manifest, write_manifest
+
+    manifest = Manifest(
+        model={"name": "m", "hash": "h"}, precision="fp32", opset=17, latent_channels=16,
+        vae_scale_factor=8, text_width=1152, latent_scaling={"scaling_factor": 1.0},
+        scheduler_config={}, tokenizer="tokenizer/tokenizer.json",
+    )  # fmt: skip
+    old = os.umask(0o022)
+    try:
+        path = write_manifest(tmp_path, manifest)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert read_manifest(tmp_path).model == {"name": "m", "hash": "h"}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]

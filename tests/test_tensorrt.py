@@ -854,15 +854,11 @@ def test_a_missing_graph_file_is_named(
 
 
 @pytest.fixture(scope="module")
-def real_exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model exported by `export/` (about 15 s)."""
-    pytest.importorskip("onnx")
-    pytest.importorskip("onnxruntime")
-    export_onnx = pytest.importorskip("sdxs_rt_export.onnx_export").export_onnx
+def real_exported(exported_tiny_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model exported by `export/` (the builder writes to its manifest)."""
+    import shutil
 
-    folder = tmp_path_factory.mktemp("trt_real_export") / "exported"
-    export_onnx(str(tiny_model), folder)
-    return folder
+    return Path(shutil.copytree(exported_tiny_fp32, tmp_path_factory.mktemp("trt") / "exported"))
 
 
 def test_the_profiles_fit_the_graphs_export_writes(

@@ -82,11 +82,8 @@ def test_generate_on_handmade_graphs_without_torch(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported_tiny(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    onnx_export = pytest.importorskip("sdxs_rt_export.onnx_export")
-    out = tmp_path_factory.mktemp("exported") / "tiny-onnx"
-    onnx_export.export_onnx(str(tiny_model), out)
-    return out
+def exported_tiny(exported_tiny_fp32: Path) -> Path:
+    return exported_tiny_fp32
 
 
 def test_generate_on_the_exported_tiny_model_without_torch(
