@@ -285,3 +285,40 @@ def test_previews_are_written_every_n_steps(capsys, tmp_path: Path, monkeypatch)
     assert len(decoded) == 2 + 1  # steps 2 and 4, then the final image
     code, _, err = run_cli(capsys, "generate", "x", "--preview-path", str(preview), *FAST)
     assert code == 2 and "--preview-every" in err
+
+
+def test_export_onnx_then_generate_with_onnx_runtime(capsys, tmp_path: Path, tiny_model) -> None:
+    out = tmp_path / "onnx"
+    code, stdout, err = run_cli(
+        capsys, "export", "onnx", "--model", str(tiny_model), "--out", str(out)
+    )
+    assert code == 0, err
+    assert stdout.strip() == str(out) and (out / "manifest.json").is_file()
+    argv = [
+        "generate",
+        "x",
+        "--backend",
+        "onnx",
+        "--model",
+        str(out),
+        "-o",
+        str(tmp_path / "x.png"),
+    ]
+    code, _, err = run_cli(capsys, *argv, *FAST)
+    assert code == 0, err
+    _, chunk = read_metadata(tmp_path / "x.png")
+    assert chunk is not None and chunk["backend"] == "onnx"
+
+
+def test_onnx_backend_on_a_diffusers_folder_says_to_export_first(capsys, tiny_model) -> None:
+    code, _, err = run_cli(capsys, "generate", "x", "--backend", "onnx", "--model", str(tiny_model))
+    assert code == 3 and "sdxs-rt export onnx" in err
+
+
+def test_engine_commands_without_tensorrt(capsys, tmp_path: Path, monkeypatch, tiny_model) -> None:
+    monkeypatch.setenv("SDXS_RT_ENGINE_CACHE", str(tmp_path / "engines"))
+    code, stdout, err = run_cli(capsys, "engine", "list", "--json")
+    assert code == 0, err
+    assert json.loads(stdout) == []
+    code, _, err = run_cli(capsys, "export", "tensorrt", "--model", str(tmp_path / "nowhere"))
+    assert code in (3, 4) and "Traceback" not in err
