@@ -14,7 +14,7 @@ import pytest
 
 from tests.source_packages import alias_source_packages
 
-# `export/` installs as `sdxs_rt_export`; tests import it from the working tree.
+# `export/` and `desktop/` install as `sdxs_rt_export`, `sdxs_rt_desktop`; tests import the working tree.
 alias_source_packages()
 
 # Tests never reach the hub, and the remote-code module transformers copies for

@@ -1,4 +1,5 @@
-"""Make `sdxs_rt_export` import from the working tree's `export/` folder, as it installs."""
+"""Make `sdxs_rt_export` / `sdxs_rt_desktop` import from the working tree's `export/` and
+`desktop/` folders, the names they install under."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_PACKAGES = {"sdxs_rt_export": ROOT / "export"}
+SOURCE_PACKAGES = {"sdxs_rt_export": ROOT / "export", "sdxs_rt_desktop": ROOT / "desktop"}
 
 
 def alias_source_packages() -> None:

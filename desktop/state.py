@@ -1,0 +1,246 @@
+"""State objects: typed Qt properties with `*_changed` signals and no widgets (Krita AI's split).
+
+Widgets bind to these; the worker reads them; QSettings persists them between runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from PySide6.QtCore import Property, QObject, QSettings, Signal
+
+from sdxs_rt.errors import UsageError
+from sdxs_rt.params import GenerationParams, check_size
+
+# The model was trained at 576 px with 64-px buckets: one side 576, the other 320..576.
+ASPECT_BUCKETS: tuple[tuple[int, int], ...] = tuple(
+    sorted({(576, s) for s in range(320, 577, 64)} | {(s, 576) for s in range(320, 577, 64)},
+           key=lambda wh: (-wh[0] * wh[1], wh))
+)  # fmt: skip
+
+
+def state_property(name: str, kind: type, notify: Signal) -> Property:
+    """A Qt property stored in `self._<name>` that emits `notify` only on a real change."""
+    attribute = "_" + name
+
+    def getter(self: QObject) -> Any:
+        return getattr(self, attribute)
+
+    def setter(self: QObject, value: Any) -> None:
+        value = kind(value)
+        if getattr(self, attribute) != value:
+            setattr(self, attribute, value)
+            getattr(self, notify_name(name)).emit(value)
+
+    return Property(kind, getter, setter, notify=notify)
+
+
+def notify_name(name: str) -> str:
+    return f"{name}_changed"
+
+
+class StateObject(QObject):
+    """Base: `FIELDS` maps property name -> default; subclasses declare signals and properties."""
+
+    FIELDS: dict[str, Any] = {}
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        for name, default in self.FIELDS.items():
+            setattr(self, "_" + name, default)
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+    def update(self, **values: Any) -> None:
+        for name, value in values.items():
+            if name not in self.FIELDS:
+                raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+            setattr(self, name, value)
+
+    def save(self, settings: QSettings, group: str) -> None:
+        settings.beginGroup(group)
+        for name, value in self.values().items():
+            settings.setValue(name, value)
+        settings.endGroup()
+
+    def load(self, settings: QSettings, group: str) -> None:
+        """Restore saved values; a value of the wrong type (an old settings file) is skipped."""
+        settings.beginGroup(group)
+        for name, default in self.FIELDS.items():
+            if settings.contains(name):
+                try:
+                    setattr(self, name, _coerce(settings.value(name), type(default)))
+                except (TypeError, ValueError):
+                    pass
+        settings.endGroup()
+
+
+def _coerce(value: Any, kind: type) -> Any:
+    if kind is bool and isinstance(value, str):  # some QSettings backends store "true"/"false"
+        return value.lower() == "true"
+    return kind(value)
+
+
+class GenerationState(StateObject):
+    """What to generate."""
+
+    FIELDS = {
+        "prompt": "",
+        "negative_prompt": "",
+        "seed": 0,
+        "random_seed": True,
+        "last_seed": -1,
+        "steps": 40,
+        "guidance": 5.5,
+        "scheduler": "",  # "": the model's own scheduler
+        "width": 576,
+        "height": 576,
+        "batch_count": 1,
+        "preview_every": 5,
+        "strip_metadata": False,
+    }
+    prompt_changed = Signal(str)
+    prompt = state_property("prompt", str, prompt_changed)
+    negative_prompt_changed = Signal(str)
+    negative_prompt = state_property("negative_prompt", str, negative_prompt_changed)
+    seed_changed = Signal(int)
+    seed = state_property("seed", int, seed_changed)
+    random_seed_changed = Signal(bool)
+    random_seed = state_property("random_seed", bool, random_seed_changed)
+    last_seed_changed = Signal(int)
+    last_seed = state_property("last_seed", int, last_seed_changed)
+    steps_changed = Signal(int)
+    steps = state_property("steps", int, steps_changed)
+    guidance_changed = Signal(float)
+    guidance = state_property("guidance", float, guidance_changed)
+    scheduler_changed = Signal(str)
+    scheduler = state_property("scheduler", str, scheduler_changed)
+    width_changed = Signal(int)
+    width = state_property("width", int, width_changed)
+    height_changed = Signal(int)
+    height = state_property("height", int, height_changed)
+    batch_count_changed = Signal(int)
+    batch_count = state_property("batch_count", int, batch_count_changed)
+    preview_every_changed = Signal(int)
+    preview_every = state_property("preview_every", int, preview_every_changed)
+    strip_metadata_changed = Signal(bool)
+    strip_metadata = state_property("strip_metadata", bool, strip_metadata_changed)
+
+    def size_error(self) -> str:
+        """'' when the size is valid, else the one-sentence reason (shown in the UI)."""
+        try:
+            check_size("width", self.width)
+            check_size("height", self.height)
+        except UsageError as exc:
+            return str(exc)
+        return ""
+
+    def to_params(self, seed: int) -> GenerationParams:
+        """Validated parameters for one run starting at `seed` (raises UsageError)."""
+        return GenerationParams(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance,
+            width=self.width,
+            height=self.height,
+            seed=seed,
+            scheduler=self.scheduler or None,
+            num_images=self.batch_count,
+            batch_size=1,
+        ).validate()
+
+    def reuse_seed(self, seed: int) -> None:
+        self.update(seed=seed, random_seed=False)
+
+    def apply_record(self, record: dict[str, Any]) -> None:
+        """"Reuse all": take every field a PNG's metadata carries (our chunk or A1111 text)."""
+        mapping = {
+            "prompt": "prompt",
+            "negative_prompt": "negative_prompt",
+            "steps": "steps",
+            "guidance_scale": "guidance",
+            "scheduler": "scheduler",
+            "width": "width",
+            "height": "height",
+        }
+        self.update(**{ours: record[key] for key, ours in mapping.items() if key in record})
+        if "seed" in record:
+            self.reuse_seed(int(record["seed"]))
+
+
+class ModelState(StateObject):
+    """Which model runs, and where."""
+
+    FIELDS = {
+        "model": "",  # "": the built-in default model
+        "text_encoder": "",
+        "backend": "torch",
+        "precision": "fp32",
+        "device": "cpu",
+        "engine_sizes": "",  # TensorRT: the sizes the engines cover, shown before Generate
+    }
+    model_changed = Signal(str)
+    model = state_property("model", str, model_changed)
+    text_encoder_changed = Signal(str)
+    text_encoder = state_property("text_encoder", str, text_encoder_changed)
+    backend_changed = Signal(str)
+    backend = state_property("backend", str, backend_changed)
+    precision_changed = Signal(str)
+    precision = state_property("precision", str, precision_changed)
+    device_changed = Signal(str)
+    device = state_property("device", str, device_changed)
+    engine_sizes_changed = Signal(str)
+    engine_sizes = state_property("engine_sizes", str, engine_sizes_changed)
+
+    def key(self) -> tuple[str, ...]:
+        """What identifies a loaded pipeline: a change means loading again."""
+        return (self.model, self.text_encoder, self.backend, self.precision, self.device)
+
+
+class RunState(StateObject):
+    """The run in progress: drives the progress bar, status line and buttons."""
+
+    FIELDS = {
+        "running": False,
+        "step": 0,
+        "total_steps": 0,
+        "eta_seconds": 0.0,
+        "status": "Ready",
+        "error": "",
+        "gpu_info": "",
+    }
+    running_changed = Signal(bool)
+    running = state_property("running", bool, running_changed)
+    step_changed = Signal(int)
+    step = state_property("step", int, step_changed)
+    total_steps_changed = Signal(int)
+    total_steps = state_property("total_steps", int, total_steps_changed)
+    eta_seconds_changed = Signal(float)
+    eta_seconds = state_property("eta_seconds", float, eta_seconds_changed)
+    status_changed = Signal(str)
+    status = state_property("status", str, status_changed)
+    error_changed = Signal(str)
+    error = state_property("error", str, error_changed)
+    gpu_info_changed = Signal(str)
+    gpu_info = state_property("gpu_info", str, gpu_info_changed)
+
+
+PERSISTED = ("generation", "model")  # RunState is per run, never saved
+
+
+def persisted(states: dict[str, StateObject]) -> Iterator[tuple[str, StateObject]]:
+    return ((group, states[group]) for group in PERSISTED if group in states)
+
+
+def save_settings(states: dict[str, StateObject], settings: QSettings) -> None:
+    for group, state in persisted(states):
+        state.save(settings, group)
+    settings.sync()
+
+
+def load_settings(states: dict[str, StateObject], settings: QSettings) -> None:
+    for group, state in persisted(states):
+        state.load(settings, group)
