@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: the CLI's help path must not import numpy
+    import numpy as np
 
 Array = Any  # a numpy array or a torch tensor, whichever the backend uses
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdxs_rt.components import LatentScaling
 from sdxs_rt.errors import EngineError, ModelNotFoundError
 
 MANIFEST_NAME = "manifest.json"
@@ -224,3 +225,18 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def latent_scaling_from_manifest(values: dict[str, Any]) -> LatentScaling:
+    """The manifest's `latent_scaling` ({scaling_factor, mean, std}; lists per channel)."""
+
+    def number_or_tuple(value: Any) -> float | tuple[float, ...]:
+        if isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        return float(value)
+
+    return LatentScaling(
+        scaling_factor=float(values.get("scaling_factor", 1.0)),
+        mean=number_or_tuple(values.get("mean", 0.0)),
+        std=number_or_tuple(values.get("std", 1.0)),
+    )

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdxs_rt.errors import ModelNotFoundError, UsageError
+from sdxs_rt.samplers import SCHEDULER_LABELS
 
 FORMAT_VERSION = 1
 PARAMETERS_KEY = "parameters"
@@ -30,15 +31,6 @@ RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
 
-# Our native schedulers under the names A1111 shows in its Sampler menu.
-SCHEDULER_LABELS = {
-    "ddpm": "DDPM",
-    "ddim": "DDIM",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-}
 SCHEDULER_BY_LABEL = {label.lower(): name for name, label in SCHEDULER_LABELS.items()}
 
 

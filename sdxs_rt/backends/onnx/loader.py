@@ -18,9 +18,9 @@ from sdxs_rt.backends.onnx.components import (
 )
 from sdxs_rt.backends.onnx.providers import ProviderPlan, plan_providers
 from sdxs_rt.backends.onnx.sessions import GraphRunner, input_dtypes, make_runner, open_session
-from sdxs_rt.components import Components, LatentScaling
+from sdxs_rt.components import Components
 from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
-from sdxs_rt.graphs import MANIFEST_NAME, Manifest, read_manifest
+from sdxs_rt.graphs import MANIFEST_NAME, Manifest, latent_scaling_from_manifest, read_manifest
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 
@@ -54,7 +54,7 @@ def load_components(
         ),
         ops=NumpyOps(),
         scheduler_config=dict(manifest.scheduler_config),
-        latent_scaling=latent_scaling(manifest.latent_scaling),
+        latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
         latent_channels=manifest.latent_channels,
         vae_scale_factor=manifest.vae_scale_factor,
         info=components_info(manifest, plan, loaded, variant),
@@ -126,19 +126,6 @@ def check_precision(manifest: Manifest, precision: str | None, folder: Path) -> 
             f"{folder} holds {manifest.precision} graphs, not {precision}; pass --precision "
             f"{manifest.precision} or export again with --precision {precision}"
         )
-
-
-def latent_scaling(values: dict[str, Any]) -> LatentScaling:
-    def number_or_tuple(value: Any) -> float | tuple[float, ...]:
-        if isinstance(value, (list, tuple)):
-            return tuple(float(v) for v in value)
-        return float(value)
-
-    return LatentScaling(
-        scaling_factor=float(values.get("scaling_factor", 1.0)),
-        mean=number_or_tuple(values.get("mean", 0.0)),
-        std=number_or_tuple(values.get("std", 1.0)),
-    )
 
 
 def components_info(

@@ -23,9 +23,15 @@ from sdxs_rt.backends.tensorrt.runtime import TrtEngine, deserialize
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
 from sdxs_rt.backends.tensorrt.wrappers import TrtTextEncoder, TrtUNet, TrtVAEDecoder
 from sdxs_rt.backends.torch.ops import TorchOps
-from sdxs_rt.components import Components, LatentScaling
+from sdxs_rt.components import Components
 from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
-from sdxs_rt.graphs import MANIFEST_NAME, Manifest, graph_specs, read_manifest
+from sdxs_rt.graphs import (
+    MANIFEST_NAME,
+    Manifest,
+    graph_specs,
+    latent_scaling_from_manifest,
+    read_manifest,
+)
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 # SDXS_RT_CUDA_GRAPHS=1 replays the U-Net through a CUDA graph (captured again per shape).
@@ -70,7 +76,7 @@ def load_components(
         vae_decoder=TrtVAEDecoder(engines["vae_decoder"], str(folder)),
         ops=TorchOps(torch_device, torch.float32),
         scheduler_config=dict(manifest.scheduler_config),
-        latent_scaling=latent_scaling(manifest.latent_scaling),
+        latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
         latent_channels=manifest.latent_channels,
         vae_scale_factor=manifest.vae_scale_factor,
         info=components_info(plan, cached, variant),
@@ -130,19 +136,6 @@ def text_encoder_component(
     max_tokens = profile_from_dict(cached["text_encoder"].sidecar["key"]["profile"]).max_sequence
     tokenizer = PromptTokenizer.from_file(plan.folder / plan.manifest.tokenizer, max_tokens)
     return TrtTextEncoder(tokenizer, engine, plan.manifest.text_width)
-
-
-def latent_scaling(values: dict[str, Any]) -> LatentScaling:
-    def number_or_tuple(value: Any) -> float | tuple[float, ...]:
-        if isinstance(value, (list, tuple)):
-            return tuple(float(v) for v in value)
-        return float(value)
-
-    return LatentScaling(
-        scaling_factor=float(values.get("scaling_factor", 1.0)),
-        mean=number_or_tuple(values.get("mean", 0.0)),
-        std=number_or_tuple(values.get("std", 1.0)),
-    )
 
 
 def components_info(
