@@ -6,7 +6,8 @@ Widgets bind to these; the worker reads them; QSettings persists them between ru
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from contextlib import suppress
+from typing import Any, ClassVar
 
 from PySide6.QtCore import Property, QObject, QSettings, Signal
 
@@ -20,7 +21,13 @@ ASPECT_BUCKETS: tuple[tuple[int, int], ...] = tuple(
 )  # fmt: skip
 
 
-def state_property(name: str, kind: type, notify: Signal) -> Property:
+# Seeds go up to 2**63 - 1: their signals and properties are 64-bit (a plain `int` is 32-bit in Qt).
+INT64 = "qlonglong"
+
+
+def state_property(
+    name: str, kind: type, notify: Signal, qt_type: type | str | None = None
+) -> Property:
     """A Qt property stored in `self._<name>` that emits `notify` only on a real change."""
     attribute = "_" + name
 
@@ -33,7 +40,7 @@ def state_property(name: str, kind: type, notify: Signal) -> Property:
             setattr(self, attribute, value)
             getattr(self, notify_name(name)).emit(value)
 
-    return Property(kind, getter, setter, notify=notify)
+    return Property(qt_type or kind, getter, setter, notify=notify)
 
 
 def notify_name(name: str) -> str:
@@ -43,7 +50,7 @@ def notify_name(name: str) -> str:
 class StateObject(QObject):
     """Base: `FIELDS` maps property name -> default; subclasses declare signals and properties."""
 
-    FIELDS: dict[str, Any] = {}
+    FIELDS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -70,10 +77,8 @@ class StateObject(QObject):
         settings.beginGroup(group)
         for name, default in self.FIELDS.items():
             if settings.contains(name):
-                try:
+                with suppress(TypeError, ValueError):
                     setattr(self, name, _coerce(settings.value(name), type(default)))
-                except (TypeError, ValueError):
-                    pass
         settings.endGroup()
 
 
@@ -86,7 +91,7 @@ def _coerce(value: Any, kind: type) -> Any:
 class GenerationState(StateObject):
     """What to generate."""
 
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Any]] = {
         "prompt": "",
         "negative_prompt": "",
         "seed": 0,
@@ -105,12 +110,12 @@ class GenerationState(StateObject):
     prompt = state_property("prompt", str, prompt_changed)
     negative_prompt_changed = Signal(str)
     negative_prompt = state_property("negative_prompt", str, negative_prompt_changed)
-    seed_changed = Signal(int)
-    seed = state_property("seed", int, seed_changed)
+    seed_changed = Signal(INT64)
+    seed = state_property("seed", int, seed_changed, INT64)
     random_seed_changed = Signal(bool)
     random_seed = state_property("random_seed", bool, random_seed_changed)
-    last_seed_changed = Signal(int)
-    last_seed = state_property("last_seed", int, last_seed_changed)
+    last_seed_changed = Signal(INT64)
+    last_seed = state_property("last_seed", int, last_seed_changed, INT64)
     steps_changed = Signal(int)
     steps = state_property("steps", int, steps_changed)
     guidance_changed = Signal(float)
@@ -156,7 +161,7 @@ class GenerationState(StateObject):
         self.update(seed=seed, random_seed=False)
 
     def apply_record(self, record: dict[str, Any]) -> None:
-        """"Reuse all": take every field a PNG's metadata carries (our chunk or A1111 text)."""
+        """'Reuse all': take every field a PNG's metadata carries (our chunk or A1111 text)."""
         mapping = {
             "prompt": "prompt",
             "negative_prompt": "negative_prompt",
@@ -174,7 +179,7 @@ class GenerationState(StateObject):
 class ModelState(StateObject):
     """Which model runs, and where."""
 
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Any]] = {
         "model": "",  # "": the built-in default model
         "text_encoder": "",
         "backend": "torch",
@@ -203,7 +208,7 @@ class ModelState(StateObject):
 class RunState(StateObject):
     """The run in progress: drives the progress bar, status line and buttons."""
 
-    FIELDS = {
+    FIELDS: ClassVar[dict[str, Any]] = {
         "running": False,
         "step": 0,
         "total_steps": 0,

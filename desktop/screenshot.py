@@ -1,0 +1,118 @@
+"""Screenshot of the real main window: `python -m sdxs_rt_desktop.screenshot OUT.png [--generate]`.
+
+Runs on whatever Qt platform is current; under `xvfb-run` that is the real xcb platform:
+
+    xvfb-run -a -s "-screen 0 1400x900x24" python -m sdxs_rt_desktop.screenshot docs/desktop.png \
+        --generate
+
+Settings come from a throwaway file (the user's are neither read nor changed) and images go to a
+throwaway history folder unless SDXS_RT_HISTORY names one. `--generate` first runs one small
+generation with the built-in model, so that the preview and the gallery show an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QEventLoop, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+from sdxs_rt_desktop.app import HISTORY_ENV, AppStates, MainWindow, application, build_window
+
+DEMO_PROMPT = "a lighthouse on a rocky coast at sunset, oil painting"
+DEMO_NEGATIVE = "blurry, low quality"
+DEMO_SEED = 20240521
+WINDOW_SIZE = (1400, 900)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sdxs_rt_desktop.screenshot",
+        description="Save a screenshot of the sdxs-rt desktop window.",
+    )
+    parser.add_argument("output", type=Path, help="PNG file to write")
+    parser.add_argument(
+        "--generate", action="store_true", help="run one small generation with the built-in model"
+    )
+    parser.add_argument("--steps", type=int, default=8, help="steps for --generate (default 8)")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for --generate (default 300)"
+    )
+    return parser.parse_args(argv)
+
+
+def set_demo_state(states: AppStates, steps: int) -> None:
+    states.generation.update(
+        prompt=DEMO_PROMPT,
+        negative_prompt=DEMO_NEGATIVE,
+        seed=DEMO_SEED,
+        random_seed=False,
+        steps=steps,
+        scheduler="euler_a",
+        width=576,
+        height=576,
+        preview_every=2,
+    )
+    states.model.update(model="", backend="torch", precision="fp32", device="cpu")
+
+
+def wait_for(signal: Any, timeout_s: float) -> bool:
+    """Run the event loop until `signal` fires (True) or the time is up (False)."""
+    loop = QEventLoop()
+    fired: list[bool] = []
+    signal.connect(lambda *_: (fired.append(True), loop.quit()))
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    loop.exec()
+    return bool(fired)
+
+
+def settle(milliseconds: int = 400) -> None:
+    """Let layouts, repaints and queued signals finish."""
+    loop = QEventLoop()
+    QTimer.singleShot(milliseconds, loop.quit)
+    loop.exec()
+
+
+def generate_one(window: MainWindow, timeout_s: float) -> bool:
+    finished = window.controller.finished
+    window.generate()
+    done = wait_for(finished, timeout_s)
+    if not done:
+        print(f"screenshot: no image after {timeout_s:.0f} s; saving the window as it is")
+    return done
+
+
+def take_screenshot(window: MainWindow, output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(output)):
+        raise OSError(f"could not write {output}")
+    print(f"screenshot: wrote {output} ({output.stat().st_size // 1024} KiB)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    app: QApplication = application([sys.argv[0]])
+    with tempfile.TemporaryDirectory(prefix="sdxs-rt-screenshot-") as scratch:
+        settings = QSettings(str(Path(scratch) / "settings.ini"), QSettings.Format.IniFormat)
+        history = Path(os.environ.get(HISTORY_ENV) or Path(scratch) / "history")
+        window = build_window(settings, history)
+        set_demo_state(window.states, args.steps)
+        window.resize(*WINDOW_SIZE)
+        window.show()
+        settle()
+        if args.generate:
+            generate_one(window, args.timeout)
+            settle()
+        take_screenshot(window, args.output)
+        window.close()
+        app.processEvents()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The model panel: model folder or hub id, text encoder, backend, precision, device, engines."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+from sdxs_rt_desktop.state import ModelState
+from sdxs_rt_desktop.widgets.binding import (
+    bind_combo_data,
+    bind_combo_text,
+    bind_line_edit,
+    fill_combo,
+    follow,
+)
+
+BACKENDS = (("PyTorch", "torch"), ("ONNX Runtime", "onnx"), ("TensorRT", "tensorrt"))
+PRECISIONS = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
+DEVICE_SUGGESTIONS = ("cpu", "cuda", "cuda:1", "mps", "auto", "dml")
+NO_ENGINES = "no engines built yet: build them before generating"
+
+
+def engine_sizes_text(engine_sizes: str) -> str:
+    return f"Engines cover: {engine_sizes or NO_ENGINES}"
+
+
+class PathEdit(QWidget):
+    """A line edit (folder or hub id) with a Browse... button for a folder."""
+
+    def __init__(self, placeholder: str, dialog_title: str) -> None:
+        super().__init__()
+        self.dialog_title = dialog_title
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.browse_button = QPushButton("Browse...")
+        self.browse_button.clicked.connect(self.browse)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.browse_button)
+
+    def browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, self.dialog_title, self.edit.text())
+        if folder:
+            self.edit.setText(folder)
+            self.edit.textEdited.emit(folder)  # a choice in the dialog is an edit
+
+
+class ModelPanel(QGroupBox):
+    """Widgets bound to a ModelState; "Build engines..." is a request the window routes."""
+
+    build_engines_requested = Signal()
+
+    def __init__(self, model: ModelState, parent: QWidget | None = None) -> None:
+        super().__init__("Model and backend", parent)
+        self.model = model
+        form = QFormLayout(self)
+        form.addRow("Model", self._make_model())
+        form.addRow("Text encoder", self._make_text_encoder())
+        form.addRow("Backend", self._make_backend())
+        form.addRow("Precision", self._make_precision())
+        form.addRow("Device", self._make_device())
+        form.addRow(self._make_engine_row())
+        follow(model, "backend", self._show_backend)
+
+    def _make_model(self) -> PathEdit:
+        self.model_path = PathEdit(
+            "Built-in tiny model (offline), or a folder or hub id", "Choose a model folder"
+        )
+        self.model_path.edit.setToolTip(
+            "A diffusers-format folder or hub id for PyTorch; "
+            "a folder written by 'sdxs-rt export onnx' for ONNX Runtime and TensorRT"
+        )
+        bind_line_edit(self.model, "model", self.model_path.edit)
+        return self.model_path
+
+    def _make_text_encoder(self) -> PathEdit:
+        self.text_encoder_path = PathEdit(
+            "The model's own, or a folder or hub id", "Choose a text encoder folder"
+        )
+        bind_line_edit(self.model, "text_encoder", self.text_encoder_path.edit)
+        return self.text_encoder_path
+
+    def _make_backend(self) -> QComboBox:
+        self.backend_combo = QComboBox()
+        fill_combo(self.backend_combo, BACKENDS)
+        bind_combo_data(self.model, "backend", self.backend_combo)
+        self.backend_combo.activated.connect(self._suggest_device)
+        return self.backend_combo
+
+    def _suggest_device(self) -> None:
+        """TensorRT runs on CUDA only: picking it moves the device off the CPU."""
+        if self.model.backend == "tensorrt" and self.model.device == "cpu":
+            self.model.device = "cuda"
+
+    def _make_precision(self) -> QComboBox:
+        self.precision_combo = QComboBox()
+        fill_combo(self.precision_combo, PRECISIONS)
+        bind_combo_data(self.model, "precision", self.precision_combo)
+        return self.precision_combo
+
+    def _make_device(self) -> QComboBox:
+        self.device_combo = QComboBox()
+        self.device_combo.setEditable(True)
+        self.device_combo.addItems(DEVICE_SUGGESTIONS)
+        bind_combo_text(self.model, "device", self.device_combo)
+        return self.device_combo
+
+    def _make_engine_row(self) -> QWidget:
+        self.engine_row = QWidget()
+        self.engine_sizes_label = QLabel()
+        self.engine_sizes_label.setWordWrap(True)
+        follow(self.model, "engine_sizes", self._show_engine_sizes)
+        self.build_engines_button = QPushButton("Build engines...")
+        self.build_engines_button.clicked.connect(self.build_engines_requested)
+        row = QHBoxLayout(self.engine_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.engine_sizes_label, 1)
+        row.addWidget(self.build_engines_button)
+        return self.engine_row
+
+    def _show_engine_sizes(self, engine_sizes: str) -> None:
+        self.engine_sizes_label.setText(engine_sizes_text(engine_sizes))
+
+    def _show_backend(self, backend: str) -> None:
+        self.engine_row.setVisible(backend == "tensorrt")

@@ -1,0 +1,44 @@
+"""Generate, Cancel now, Stop after this image: enabled by RunState.running and the size."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
+from sdxs_rt_desktop.state import GenerationState, RunState
+from sdxs_rt_desktop.widgets.binding import follow_any
+from sdxs_rt_desktop.widgets.text import as_sentence
+
+GENERATE_TIP = "Generate (Ctrl+Return)"
+CANCEL_TIP = "Stop at the next step; nothing is decoded or saved (Esc)"
+STOP_AFTER_TIP = "Finish the image in progress, then stop"
+
+
+class RunButtons(QWidget):
+    def __init__(
+        self, generation: GenerationState, run: RunState, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.generation = generation
+        self.run = run
+        self.generate_button = QPushButton("Generate")
+        self.generate_button.setDefault(True)
+        self.generate_button.setShortcut("Ctrl+Return")
+        self.cancel_button = QPushButton("Cancel now")
+        self.cancel_button.setShortcut("Esc")
+        self.cancel_button.setToolTip(CANCEL_TIP)
+        self.stop_after_button = QPushButton("Stop after this image")
+        self.stop_after_button.setToolTip(STOP_AFTER_TIP)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.generate_button, 2)
+        row.addWidget(self.cancel_button, 1)
+        row.addWidget(self.stop_after_button, 1)
+        watched = [(run, "running"), (generation, "width"), (generation, "height")]
+        follow_any(watched, self.refresh)
+
+    def refresh(self) -> None:
+        running = self.run.running
+        size_error = as_sentence(self.generation.size_error())
+        self.generate_button.setEnabled(not running and not size_error)
+        self.generate_button.setToolTip(size_error or GENERATE_TIP)
+        self.cancel_button.setEnabled(running)
+        self.stop_after_button.setEnabled(running)
