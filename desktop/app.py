@@ -171,7 +171,8 @@ class MainWindow(QMainWindow):
         self.gallery.add_result(item)
 
     def show_error(self, message: str) -> None:
-        self.states.run.error = as_sentence(message)
+        """`failed` also carries refusals that leave the run's own state alone ("busy")."""
+        self.states.run.error = message
 
     def open_engine_dialog(self) -> None:
         if self.engine_dialog is None:

@@ -68,6 +68,9 @@ class FakeController(QObject):
     def build_engines(self, profile: SizeProfile) -> None:
         self.calls.append(("build_engines", profile))
 
+    def cancel_build(self) -> None:
+        self.calls.append("cancel_build")
+
     def shutdown(self) -> None:
         self.calls.append("shutdown")
 
@@ -151,7 +154,7 @@ def test_reuse_last_seed_button(window: MainWindow, qtbot: Any) -> None:
         ("steps", "steps_spin", 25, 8),
         ("guidance", "guidance_spin", 7.5, 1.0),
         ("batch_count", "batch_count_spin", 4, 2),
-        ("preview_every", "preview_every_spin", 3, 10),
+        ("preview_every", "preview_every_spin", 3, 0),
     ],
 )
 def test_spin_boxes_sync_both_ways(
@@ -238,7 +241,9 @@ def test_tensorrt_engine_sizes_shown(window: MainWindow) -> None:
     assert panel.engine_row.isHidden()  # torch: no engines to speak of
     model.backend = "tensorrt"
     assert not panel.engine_row.isHidden()
-    assert "no engines built yet" in panel.engine_sizes_label.text()
+    assert panel.engine_sizes_label.text().startswith("No engines built yet")
+    model.engine_sizes = "no engines built yet"  # the controller's word for an empty folder
+    assert panel.engine_sizes_label.text().startswith("No engines built yet")
     model.engine_sizes = "320..1024 px per side, batch 1..4"
     assert panel.engine_sizes_label.text() == "Engines cover: 320..1024 px per side, batch 1..4"
 
@@ -251,7 +256,9 @@ def test_build_engines_dialog(window: MainWindow, qtbot: Any) -> None:
     dialog.max_batch_spin.setValue(2)
     qtbot.mouseClick(dialog.build_button, Qt.MouseButton.LeftButton)
     assert window.controller.calls == [("build_engines", SizeProfile(max_batch=2))]
-    assert not dialog.build_button.isEnabled()
+    assert not dialog.build_button.isEnabled() and dialog.cancel_build_button.isEnabled()
+    qtbot.mouseClick(dialog.cancel_build_button, Qt.MouseButton.LeftButton)
+    assert window.controller.calls[-1] == "cancel_build"
     window.controller.build_progress.emit("unet: 40%")
     assert dialog.progress_bar.value() == 40 and "unet: 40%" in dialog.log_view.toPlainText()
     window.controller.build_finished.emit(True, "engines built for 320..1024 px")
@@ -405,3 +412,40 @@ def test_unexpected_errors_show_in_the_window(
     install_error_hook(window.states.run)
     sys.excepthook(RuntimeError, RuntimeError("disk full"), None)
     assert window.progress_panel.error_label.text() == "Unexpected error: disk full."
+
+
+# ------------------------------------------------------------------ with the real controller
+
+
+@pytest.fixture
+def real_window(qtbot: Any, tmp_path: Path) -> MainWindow:
+    pytest.importorskip("sdxs_rt_desktop.controller")
+    main_window = build_window(ini_settings(tmp_path), tmp_path / "history")
+    qtbot.addWidget(main_window)
+    return main_window
+
+
+def test_window_with_the_real_controller_refuses_in_one_sentence(real_window: MainWindow) -> None:
+    real_window.states.generation.prompt = "   "
+    real_window.generate()
+    assert not real_window.states.run.running
+    assert real_window.progress_panel.error_label.text().startswith("The prompt is empty")
+    assert real_window.close()
+
+
+@pytest.mark.slow
+def test_generate_with_the_built_in_model_fills_preview_and_gallery(
+    real_window: MainWindow, qtbot: Any
+) -> None:
+    generation = real_window.states.generation
+    generation.update(prompt="a cat", steps=2, width=128, height=128, preview_every=1,
+                      random_seed=False, seed=3)  # fmt: skip
+    with qtbot.waitSignal(real_window.controller.finished, timeout=120_000):
+        real_window.generate()
+    assert real_window.states.run.error == ""
+    assert real_window.gallery.list_widget.count() == 1
+    assert real_window.gallery.selected().seed == 3 and not real_window.preview.image.isNull()
+    assert (
+        generation.last_seed == 3
+        and real_window.generation_panel.reuse_last_seed_button.isEnabled()
+    )

@@ -101,6 +101,10 @@ class EngineBuildDialog(QDialog):
         self.build_button.setDefault(True)
         buttons.addButton(self.build_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.build_button.clicked.connect(self.start_build)
+        self.cancel_build_button = QPushButton("Cancel build")
+        self.cancel_build_button.setEnabled(False)
+        buttons.addButton(self.cancel_build_button, QDialogButtonBox.ButtonRole.ActionRole)
+        self.cancel_build_button.clicked.connect(self.cancel_build)
         buttons.rejected.connect(self.reject)
         return buttons
 
@@ -114,11 +118,19 @@ class EngineBuildDialog(QDialog):
 
     def start_build(self) -> None:
         profile = self.profile()
-        self.building = True
-        self.build_button.setEnabled(False)
+        self._set_building(True)
         self.progress_bar.setRange(0, 0)  # busy until the builder reports a percentage
         self.log_view.appendPlainText(f"Building engines for {profile.describe()}...")
         self.builder.build_engines(profile)
+
+    def _set_building(self, building: bool) -> None:
+        self.building = building
+        self.build_button.setEnabled(not building)
+        self.cancel_build_button.setEnabled(building)
+
+    def cancel_build(self) -> None:
+        self.log_view.appendPlainText("Cancelling...")
+        self.builder.cancel_build()
 
     def on_progress(self, message: str) -> None:
         self.log_view.appendPlainText(message)
@@ -128,8 +140,7 @@ class EngineBuildDialog(QDialog):
             self.progress_bar.setValue(percent)
 
     def on_finished(self, ok: bool, message: str) -> None:
-        self.building = False
-        self.build_button.setEnabled(True)
+        self._set_building(False)
         self.progress_bar.setRange(0, 100)
         self.progress_bar.setValue(100 if ok else 0)
         text = as_sentence(message) or ("Engines built." if ok else "The build failed.")

@@ -195,8 +195,9 @@ class GenerationPanel(QGroupBox):
         return self.batch_count_spin
 
     def _make_preview_every(self) -> QSpinBox:
-        self.preview_every_spin = spin_box(1, 1000)
+        self.preview_every_spin = spin_box(0, 1000)
         self.preview_every_spin.setSuffix(" steps")
+        self.preview_every_spin.setSpecialValueText("off")  # 0: no live preview
         bind_spin_box(self.generation, "preview_every", self.preview_every_spin)
         return self.preview_every_spin
 

@@ -26,11 +26,14 @@ from sdxs_rt_desktop.widgets.binding import (
 BACKENDS = (("PyTorch", "torch"), ("ONNX Runtime", "onnx"), ("TensorRT", "tensorrt"))
 PRECISIONS = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
 DEVICE_SUGGESTIONS = ("cpu", "cuda", "cuda:1", "mps", "auto", "dml")
-NO_ENGINES = "no engines built yet: build them before generating"
+NO_ENGINES = "No engines built yet: build them before generating."
 
 
 def engine_sizes_text(engine_sizes: str) -> str:
-    return f"Engines cover: {engine_sizes or NO_ENGINES}"
+    """'Engines cover: 320..1024 px per side, batch 1..4', or that there are none yet."""
+    if not engine_sizes or engine_sizes.startswith("no engines"):
+        return NO_ENGINES
+    return f"Engines cover: {engine_sizes}"
 
 
 class PathEdit(QWidget):
