@@ -25,6 +25,7 @@ from sdxs_rt_desktop.app import (
 )
 from sdxs_rt_desktop.state import ASPECT_BUCKETS
 from sdxs_rt_desktop.widgets.progress_panel import format_eta
+from sdxs_rt_desktop.widgets.text import as_sentence
 
 from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.metadata import ImageRecord
@@ -449,3 +450,10 @@ def test_generate_with_the_built_in_model_fills_preview_and_gallery(
         generation.last_seed == 3
         and real_window.generation_panel.reuse_last_seed_button.isEnabled()
     )
+
+
+def test_messages_read_as_one_sentence() -> None:
+    assert as_sentence("width 500 is not a multiple of 64") == "Width 500 is not a multiple of 64."
+    assert as_sentence("cat.png has no settings.") == "cat.png has no settings."
+    assert as_sentence("org/model: not found") == "org/model: not found."
+    assert as_sentence("  ") == ""

@@ -6,9 +6,14 @@ ERROR_STYLE = "color: #c62828;"
 
 
 def as_sentence(text: str) -> str:
-    """'width 500 is not a multiple of 64' -> 'Width 500 is not a multiple of 64.'"""
+    """'width 500 is not a multiple of 64' -> 'Width 500 is not a multiple of 64.'
+
+    A message that starts with a file name or hub id ('cat.png has no ...') keeps its case.
+    """
     text = text.strip()
     if not text:
         return ""
-    ending = "" if text[-1] in ".!?" else "."
-    return text[0].upper() + text[1:] + ending
+    first_word = text.split(maxsplit=1)[0].rstrip(":,;")
+    if first_word.isalpha():
+        text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
