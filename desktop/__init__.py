@@ -1,1 +1,1 @@
-"""The sdxs-rt desktop app (PySide6), installed as `sdxs_rt_desktop`; start it with `sdxs-rt-desktop`."""
+"""The sdxs-rt desktop app (PySide6), installed as `sdxs_rt_desktop`; run `sdxs-rt-desktop`."""
