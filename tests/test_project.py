@@ -20,3 +20,17 @@ def test_readme_opens_with_two_quickstart_commands_that_ci_runs_verbatim() -> No
     ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     for command in commands:
         assert command in ci_lines
+
+
+def test_every_python_package_is_listed_for_installation() -> None:
+    """A subpackage missing from pyproject's `packages` would vanish from a plain pip install."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    listed = set(config["setuptools"]["packages"])
+    found = set()
+    for name, folder in config["setuptools"]["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *relative)))
+    assert found == listed
