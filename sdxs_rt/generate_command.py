@@ -9,14 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sdxs_rt import __version__
 from sdxs_rt.errors import UsageError
 from sdxs_rt.images import check_outputs, output_paths, save_png
-from sdxs_rt.metadata import ImageRecord, png_info
+from sdxs_rt.metadata import make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
-from sdxs_rt.rng import RNG_NAME, random_seed
-from sdxs_rt.samplers import SCHEDULER_LABELS
+from sdxs_rt.rng import random_seed
 
 
 @dataclass(frozen=True)
@@ -120,31 +118,6 @@ class Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def make_record(pipe: Pipeline, params: GenerationParams, seed: int) -> ImageRecord:
-    info = pipe.info
-    scheduler = params.scheduler or pipe.default_scheduler
-    return ImageRecord(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        steps=params.num_inference_steps,
-        guidance_scale=params.guidance_scale,
-        seed=seed,
-        width=params.width,
-        height=params.height,
-        scheduler=scheduler,
-        scheduler_label=SCHEDULER_LABELS[scheduler],
-        model=str(info.get("model", "")),
-        model_hash=str(info.get("model_hash", "")),
-        backend=str(info.get("backend", "")),
-        precision=str(info.get("precision", "")),
-        device=str(info.get("device", "")),
-        rng=RNG_NAME,
-        version=__version__,
-        text_encoder=str(info.get("text_encoder", "")),
-        variant=info.get("variant"),
-    )
 
 
 def save_image(

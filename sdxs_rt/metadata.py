@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
+from sdxs_rt.params import GenerationParams
+from sdxs_rt.rng import RNG_NAME
 from sdxs_rt.samplers import SCHEDULER_LABELS
 
 FORMAT_VERSION = 1
@@ -82,6 +86,41 @@ class ImageRecord:
         unknown = {k: v for k, v in data.items() if k not in known and k != "format"}
         values["extra"] = {**unknown, **dict(values.get("extra") or {})}
         return cls(**values)
+
+
+class RecordSource(Protocol):
+    """What `make_record` reads from a loaded pipeline (`sdxs_rt.pipeline.Pipeline`)."""
+
+    default_scheduler: str
+
+    @property
+    def info(self) -> Mapping[str, Any]: ...
+
+
+def make_record(pipe: RecordSource, params: GenerationParams, seed: int) -> ImageRecord:
+    """The record of one image of a run (the CLI and the desktop app save the same one)."""
+    info = pipe.info
+    scheduler = params.scheduler or pipe.default_scheduler
+    return ImageRecord(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        steps=params.num_inference_steps,
+        guidance_scale=params.guidance_scale,
+        seed=seed,
+        width=params.width,
+        height=params.height,
+        scheduler=scheduler,
+        scheduler_label=SCHEDULER_LABELS[scheduler],
+        model=str(info.get("model", "")),
+        model_hash=str(info.get("model_hash", "")),
+        backend=str(info.get("backend", "")),
+        precision=str(info.get("precision", "")),
+        device=str(info.get("device", "")),
+        rng=RNG_NAME,
+        version=__version__,
+        text_encoder=str(info.get("text_encoder", "")),
+        variant=info.get("variant"),
+    )
 
 
 @dataclass

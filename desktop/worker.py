@@ -1,0 +1,377 @@
+"""Workers that run off the GUI thread and turn the pipeline's generator into Qt signals.
+
+`GenerationWorker` lives in a QThread: it loads (and keeps) the pipeline, drains
+`pipe.generate(...)`, and reports every step, preview, saved image and error as a signal. It never
+raises out of its thread: an `SdxsError` comes out as its one-sentence message, anything else as
+"unexpected error: ...". `cancel_now` and `stop_after_image` are safe to call from the GUI thread.
+`EngineBuildWorker` builds TensorRT engines the same way, with log lines as progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtGui import QImage
+from sdxs_rt_desktop.history import pil_to_qimage, save_to_history
+from sdxs_rt_desktop.preview import LatentPreviewer
+
+from sdxs_rt.errors import SdxsError
+from sdxs_rt.graphs import SizeProfile
+from sdxs_rt.metadata import ImageRecord, make_record
+from sdxs_rt.params import GenerationParams
+from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
+
+logger = logging.getLogger(__name__)
+
+PipelineEvents = Generator[StepEvent | ImageEvent, None, None]
+ETA_WINDOW = 25  # step times the running median looks at
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What identifies a loaded pipeline (`ModelState.key()`): "" means the backend's default."""
+
+    model: str = ""
+    text_encoder: str = ""
+    backend: str = "torch"
+    precision: str = ""
+    device: str = ""
+
+    def load(self) -> Pipeline:
+        return Pipeline.from_pretrained(
+            self.model or None,
+            text_encoder=self.text_encoder or None,
+            backend=self.backend,
+            device=self.device or None,
+            dtype=self.precision or None,
+        )
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One Generate click: images use seeds params.seed, params.seed + 1, ..."""
+
+    params: GenerationParams
+    load: LoadRequest
+    history_dir: Path
+    strip_metadata: bool = False
+    preview_every: int = 0  # 0: no previews
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # steps done in the whole run (1-based)
+    total_steps: int
+    image: int  # 0-based index of the image being sampled
+    image_count: int
+    image_step: int  # steps done for this image (1-based)
+    steps_per_image: int
+    eta_seconds: float
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    """A finished image of this session (the gallery's entries)."""
+
+    path: Path
+    seed: int
+    record: ImageRecord
+    qimage: QImage
+
+
+def error_message(exc: BaseException) -> str:
+    """One sentence for the window: our errors as they are, anything else marked unexpected."""
+    if isinstance(exc, SdxsError):
+        return str(exc)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return f"unexpected error: {text[:300]}"
+
+
+def gpu_summary(info: dict[str, Any], torch_module: Any = None) -> str:
+    """The GPU line, e.g. "NVIDIA H200 — 3.1 / 139.8 GB" (memory in use), when on CUDA.
+
+    Asks torch only when the pipeline already imported it (torch or TensorRT backend); "" else.
+    """
+    device = str(info.get("device", ""))
+    torch = torch_module or sys.modules.get("torch")
+    if not device.startswith("cuda") or torch is None:
+        return ""
+    try:
+        index = torch.device(device).index
+        index = torch.cuda.current_device() if index is None else index
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+    except Exception:  # no driver, a lost device: the line is informative only
+        return ""
+    return f"{name} — {(total - free) / GIB:.1f} / {total / GIB:.1f} GB"
+
+
+def as_generator(events: Iterator[StepEvent | ImageEvent]) -> PipelineEvents:
+    """`Pipeline.generate` is a generator (typed as an Iterator): closing it stops the run."""
+    return cast(PipelineEvents, events)
+
+
+class RunCounter:
+    """Steps and images done in a run, and the ETA from a running median of step times."""
+
+    def __init__(self, params: GenerationParams) -> None:
+        self.steps_per_image = params.num_inference_steps
+        self.image_count = params.num_images
+        self.images_done = 0
+        self.steps_done = 0
+        self.step_seconds: deque[float] = deque(maxlen=ETA_WINDOW)
+        self.decode_seconds = 0.0
+
+    def add_step(self, event: StepEvent) -> Progress:
+        self.steps_done += 1
+        self.step_seconds.append(event.seconds)
+        return Progress(
+            step=self.steps_done,
+            total_steps=self.steps_per_image * self.image_count,
+            image=event.image_index,
+            image_count=self.image_count,
+            image_step=event.step + 1,
+            steps_per_image=self.steps_per_image,
+            eta_seconds=self.eta_seconds(),
+        )
+
+    def add_image(self, event: ImageEvent) -> None:
+        self.images_done += 1
+        self.decode_seconds = event.timings.get("decode", 0.0)
+
+    def eta_seconds(self) -> float:
+        remaining_steps = self.steps_per_image * self.image_count - self.steps_done
+        remaining_images = self.image_count - self.images_done
+        median = statistics.median(self.step_seconds) if self.step_seconds else 0.0
+        return median * remaining_steps + self.decode_seconds * remaining_images
+
+
+class GenerationWorker(QObject):
+    """Runs generation jobs in its thread; see the module docstring."""
+
+    status = Signal(str)  # "Loading model...", "Fitting the preview..."
+    loaded = Signal(object)  # the pipeline's info dict, after each (re)load
+    progress = Signal(object)  # Progress, after every step
+    preview = Signal(QImage)  # every `preview_every` steps
+    image = Signal(object)  # ResultItem, once saved to the history folder
+    gpu_info = Signal(str)
+    failed = Signal(str)  # one sentence
+    finished = Signal(bool)  # True: the run ended before all its images (cancel / stop)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._cancel = threading.Event()
+        self._stop_after_image = threading.Event()
+        self._reload = threading.Event()
+        self._loaded: tuple[LoadRequest, Pipeline, LatentPreviewer] | None = None
+        self._active: Pipeline | None = None
+
+    # ---- called from the GUI thread
+    def prepare_run(self) -> None:
+        """Clear the stop flags before a job is queued (so an early cancel is never lost)."""
+        self._cancel.clear()
+        self._stop_after_image.clear()
+
+    def cancel_now(self) -> None:
+        """Stop before the next step: nothing more is decoded or saved."""
+        self._cancel.set()
+        pipe = self._active
+        if pipe is not None:
+            pipe.cancel()
+
+    def stop_after_image(self) -> None:
+        self._stop_after_image.set()
+
+    def request_reload(self) -> None:
+        """Load the pipeline again at the next job (new engines were built, say)."""
+        self._reload.set()
+
+    # ---- runs in the worker thread
+    @Slot(object)
+    def run(self, job: GenerationJob) -> None:
+        stopped_early = False
+        try:
+            stopped_early = self._run(job)
+        except Exception as exc:  # never out of the thread: the window shows one sentence
+            if not isinstance(exc, SdxsError):
+                logger.exception("generation failed")
+            self.failed.emit(error_message(exc))
+        finally:
+            self._active = None
+            self.finished.emit(stopped_early)
+
+    def _run(self, job: GenerationJob) -> bool:
+        pipe, previewer = self._pipeline(job.load)
+        if self._cancel.is_set():
+            return True
+        check_engine_covers(pipe, job.params)
+        preview_every = self._prepare_previews(previewer, job.preview_every)
+        self.status.emit("Generating...")
+        return self._drain(pipe, previewer, job, preview_every)
+
+    def _prepare_previews(self, previewer: LatentPreviewer, every: int) -> int:
+        """Fit the preview map once per VAE (then cached); a failed fit only turns previews off."""
+        if every <= 0 or previewer.ready:
+            return max(every, 0)
+        self.status.emit("Fitting the preview...")
+        try:
+            _ = previewer.projection
+        except Exception:
+            logger.exception("fitting the preview failed; no previews in this run")
+            return 0
+        return every
+
+    def _pipeline(self, load: LoadRequest) -> tuple[Pipeline, LatentPreviewer]:
+        if self._loaded is None or self._loaded[0] != load or self._reload.is_set():
+            self._loaded = None  # free the old pipeline before loading the next
+            self._reload.clear()
+            self.status.emit("Loading model...")
+            pipe = load.load()
+            self._loaded = (load, pipe, LatentPreviewer(pipe))
+            self.loaded.emit(dict(pipe.info))
+            self.gpu_info.emit(gpu_summary(pipe.info))
+        return self._loaded[1], self._loaded[2]
+
+    def _drain(
+        self, pipe: Pipeline, previewer: LatentPreviewer, job: GenerationJob, preview_every: int
+    ) -> bool:
+        counter = RunCounter(job.params)
+        self._active = pipe
+        events = as_generator(pipe.generate(params=job.params))
+        try:
+            for event in events:
+                if self._cancel.is_set():
+                    break  # the step or image that was in flight is dropped
+                if isinstance(event, StepEvent):
+                    self._on_step(event, counter, previewer, preview_every)
+                else:
+                    self._on_image(event, pipe, job, counter)
+                    if self._stop_after_image.is_set():
+                        break
+        finally:
+            events.close()
+        return counter.images_done < counter.image_count
+
+    def _on_step(
+        self, event: StepEvent, counter: RunCounter, previewer: LatentPreviewer, every: int
+    ) -> None:
+        self.progress.emit(counter.add_step(event))
+        if every > 0 and (event.step + 1) % every == 0:
+            self.preview.emit(previewer.to_qimage(event.denoised))
+
+    def _on_image(
+        self, event: ImageEvent, pipe: Pipeline, job: GenerationJob, counter: RunCounter
+    ) -> None:
+        record = make_record(pipe, job.params, event.seed)
+        path = save_to_history(event.image, record, job.history_dir, job.strip_metadata)
+        counter.add_image(event)
+        self.image.emit(ResultItem(path, event.seed, record, pil_to_qimage(event.image)))
+        self.gpu_info.emit(gpu_summary(pipe.info))
+
+
+def check_engine_covers(pipe: Pipeline, params: GenerationParams) -> None:
+    """TensorRT: refuse a size the loaded engines cannot run, naming what they cover."""
+    if pipe.info.get("backend") == "tensorrt":
+        from sdxs_rt.backends.tensorrt import check_size
+
+        check_size(pipe.components, params.width, params.height, params.batch_size)
+
+
+# ---------------------------------------------------------------- TensorRT engine builds
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    model_dir: Path  # a folder written by `sdxs-rt export onnx`
+    profile: SizeProfile
+    precision: str = "fp16"
+    force: bool = False
+
+
+class BuildLog:
+    """TensorRT build events -> log lines; lines that advance the build carry "NN%" overall."""
+
+    def __init__(self, emit: Callable[[str], None], graphs: tuple[str, ...]) -> None:
+        self.emit = emit
+        self.graphs = graphs
+        self.phase_steps: dict[str, int] = {}  # top-level phase -> its number of steps
+        self.last_percent = -1
+
+    def percent(self, graph: str, fraction: float) -> int:
+        index = self.graphs.index(graph) if graph in self.graphs else 0
+        return int(100 * (index + fraction) / len(self.graphs))
+
+    def __call__(self, event: Any) -> None:
+        for line in self.lines(event):
+            self.emit(line)
+
+    def lines(self, event: Any) -> Iterator[str]:
+        graph, kind = event.graph, event.kind
+        if kind == "skip":
+            yield f"{graph}: already built ({event.path}) {self.percent(graph, 1)}%"
+        elif kind == "start":
+            yield f"{graph}: building the TensorRT engine (this takes a while)"
+        elif kind == "done":
+            yield f"{graph}: wrote {event.path} {self.percent(graph, 1)}%"
+        elif kind == "phase_start" and event.parent is None:
+            self.phase_steps[event.phase] = event.total
+            yield f"{graph}: {event.phase}"
+        elif kind == "step" and self.phase_steps.get(event.phase):
+            total = self.phase_steps[event.phase]
+            percent = self.percent(graph, (event.step + 1) / total)
+            if percent > self.last_percent:
+                self.last_percent = percent
+                yield f"{graph}: {event.phase} {event.step + 1}/{total} {percent}%"
+
+
+class EngineBuildWorker(QObject):
+    """Builds TensorRT engines in its thread; `cancel` stops at the builder's next step."""
+
+    progress = Signal(str)
+    finished = Signal(bool, str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._cancel = threading.Event()
+
+    def prepare_run(self) -> None:
+        self._cancel.clear()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @Slot(object)
+    def run(self, request: BuildRequest) -> None:
+        try:
+            message = self._build(request)
+        except Exception as exc:
+            if not isinstance(exc, SdxsError):
+                logger.exception("engine build failed")
+            self.finished.emit(False, error_message(exc))
+        else:
+            self.finished.emit(True, message)
+
+    def _build(self, request: BuildRequest) -> str:
+        from sdxs_rt.backends.tensorrt import RUNTIME_GRAPHS, build_engines
+
+        log = BuildLog(self.progress.emit, RUNTIME_GRAPHS)
+
+        def on_event(event: Any) -> bool:
+            log(event)
+            return not self._cancel.is_set()  # False from a step event cancels the build
+
+        paths = build_engines(
+            request.model_dir, request.profile, request.precision, request.force, on_event
+        )
+        return f"Built {len(paths)} engines; they cover {request.profile.describe()}."
