@@ -14,7 +14,7 @@ import pytest
 
 from tests.source_packages import alias_source_packages
 
-# `export/` and `desktop/` install as `sdxs_rt_export`, `sdxs_rt_desktop`; tests import the working tree.
+# `export/`, `desktop/` install as `sdxs_rt_export`, `sdxs_rt_desktop`: tests use the working tree.
 alias_source_packages()
 
 # Tests never reach the hub, and the remote-code module transformers copies for
