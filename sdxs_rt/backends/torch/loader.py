@@ -7,13 +7,25 @@ from typing import Any
 
 import torch
 
+from sdxs_rt.backends.torch.fast import (
+    FastPathOptions,
+    OffloadedTextEncoder,
+    accelerate_unet,
+    use_channels_last,
+)
 from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.unet import TorchUNet
 from sdxs_rt.backends.torch.vae import TorchVAEDecoder, latent_scaling_from_config
 from sdxs_rt.components import Components
 from sdxs_rt.errors import OutOfMemoryError
-from sdxs_rt.loading import model_hash, resolve_model, resolve_text_encoder
+from sdxs_rt.loading import (
+    ModelFiles,
+    TextEncoderFiles,
+    model_hash,
+    resolve_model,
+    resolve_text_encoder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,37 +50,68 @@ def load_components(
     precision: str = "fp32",
     variant: str | None = None,
     trust_remote_code: bool = False,
+    fast: FastPathOptions | None = None,
 ) -> Components:
+    """`fast`: the GPU fast path (see `fast.FastPathOptions`); None reads the SDXS_RT_CUDA_GRAPHS,
+    SDXS_RT_COMPILE, SDXS_RT_CHANNELS_LAST and SDXS_RT_OFFLOAD_TEXT_ENCODER variables, and
+    without any of them set loads the plain eager model."""
+    fast = fast if fast is not None else FastPathOptions.from_env()
     files = resolve_model(model, variant)
     encoder_files = resolve_text_encoder(text_encoder, files)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     try:
-        unet = TorchUNet.load(files.unet_dir, files.unet_weights, torch_device, dtype)
-        vae = TorchVAEDecoder.load(files.vae_dir, files.vae_weights, torch_device, dtype)
-        encoder = load_text_encoder(encoder_files, torch_device, dtype, trust_remote_code)
+        encoder, unet, vae = _load_models(
+            files, encoder_files, torch_device, dtype, trust_remote_code, fast
+        )
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
             f"the model does not fit in the memory of {torch_device}; try --precision fp16"
         ) from None
     latent_channels = int(files.unet_config["in_channels"])
+    info: dict[str, Any] = {
+        "backend": "torch",
+        "device": str(torch_device),
+        "precision": precision,
+        "model": files.name,
+        "model_hash": model_hash(files.unet_weights),
+        "text_encoder": encoder_files.name,
+        "variant": variant,
+        "folded_cross_attention_blocks": unet.folded_blocks,
+    }
+    if fast is not None:
+        info["fast_path"] = fast.info(torch_device)
     return Components(
         text_encoder=Float32Embeddings(encoder, torch_device),
-        unet=unet,
+        unet=accelerate_unet(unet, fast) if fast is not None else unet,
         vae_decoder=vae,
-        ops=TorchOps(torch_device, torch.float32),
+        ops=TorchOps(torch_device, torch.float32, pinned_staging=fast is not None),
         scheduler_config=files.scheduler_config,
         latent_scaling=latent_scaling_from_config(files.vae_config, latent_channels),
         latent_channels=latent_channels,
         vae_scale_factor=2 ** (len(files.vae_config["block_out_channels"]) - 1),
-        info={
-            "backend": "torch",
-            "device": str(torch_device),
-            "precision": precision,
-            "model": files.name,
-            "model_hash": model_hash(files.unet_weights),
-            "text_encoder": encoder_files.name,
-            "variant": variant,
-            "folded_cross_attention_blocks": unet.folded_blocks,
-        },
+        info=info,
     )
+
+
+def _load_models(
+    files: ModelFiles,
+    encoder_files: TextEncoderFiles,
+    device: torch.device,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    fast: FastPathOptions | None,
+) -> tuple[Any, TorchUNet, TorchVAEDecoder]:
+    """(text encoder, U-Net, VAE decoder). With the offload on, the encoder is loaded first and
+    parked on the CPU at once, so it never shares the GPU with the U-Net at load time."""
+    encoder: Any = None
+    if fast is not None and fast.offload_text_encoder:
+        encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
+        encoder = OffloadedTextEncoder(encoder, device)
+    unet = TorchUNet.load(files.unet_dir, files.unet_weights, device, dtype)
+    vae = TorchVAEDecoder.load(files.vae_dir, files.vae_weights, device, dtype)
+    if fast is not None and fast.channels_last:
+        use_channels_last(vae.vae)
+    if encoder is None:
+        encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
+    return encoder, unet, vae

@@ -25,18 +25,37 @@ DTYPES = {
 class TorchOps:
     """The few array operations the torch-free core asks a backend for."""
 
-    def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+        *,
+        pinned_staging: bool = False,
+    ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
+        # Only meaningful on CUDA: elsewhere there is no host->device copy to overlap.
+        self.pinned_staging = pinned_staging and self.device.type == "cuda"
 
     def from_host(self, array: np.ndarray) -> torch.Tensor:
         host = np.ascontiguousarray(array, dtype=np.float32)
         if not host.flags.writeable:  # torch.from_numpy warns on read-only memory
             host = host.copy()
+        tensor = torch.from_numpy(host)
+        if self.pinned_staging:
+            return self._from_pinned(tensor)
         # non_blocking from pageable memory is still safe: torch stages the copy before returning
-        return torch.from_numpy(host).to(
-            self.device, self.dtype, non_blocking=self.device.type == "cuda"
-        )
+        return tensor.to(self.device, self.dtype, non_blocking=self.device.type == "cuda")
+
+    def _from_pinned(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Stage in page-locked memory, then copy asynchronously: the host never waits.
+
+        The staging block comes from torch's caching pinned-host allocator, which records the
+        copy on its stream and hands the block out again only once that copy has finished, so a
+        later draw can never overwrite noise still in flight (a fixed, reused buffer could).
+        """
+        staged = tensor.pin_memory()
+        return staged.to(self.device, self.dtype, non_blocking=True)
 
     def to_host(self, array: torch.Tensor) -> np.ndarray:
         host = array.detach().to("cpu", torch.float32)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sdxs_rt.backends.torch.weights import load_diffusers_module, read_config
 
@@ -67,7 +69,18 @@ class TensorKeyedCache:
 
 
 def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    # A CUDA graph being captured must record the maths too: a cached value would be baked
+    # into the graph as a constant and go stale when the static context buffer is refilled.
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+        or _capturing_cuda_graph()
+    )
+
+
+def _capturing_cuda_graph() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class DeferredLayerNorm(nn.LayerNorm):
@@ -206,6 +219,22 @@ def fold_cross_attention(unet: nn.Module) -> int:
     return folded
 
 
+# On CUDA: flash attention (fp16/bf16), else memory-efficient, math only as the last resort;
+# naming them also overrides a global `torch.backends.cuda.enable_flash_sdp(False)`.
+FAST_SDPA_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def preferred_attention(device: torch.device) -> AbstractContextManager[Any]:
+    """Scope for a U-Net call: the fast SDPA kernels on CUDA, nothing changed elsewhere."""
+    if device.type != "cuda":
+        return nullcontext()
+    return sdpa_kernel(FAST_SDPA_BACKENDS, set_priority=True)
+
+
 def use_sdpa_attention(model: nn.Module) -> int:
     """Give every attention torch's scaled_dot_product_attention (diffusers' AttnProcessor2_0).
 
@@ -228,6 +257,7 @@ class TorchUNet:
         self.device = unet.device
         use_sdpa_attention(unet)
         self.folded_blocks = fold_cross_attention(unet) if fold else 0
+        self.memory_format = torch.contiguous_format  # `fast.use_channels_last` changes it
         self._context_cache = TensorKeyedCache()
 
     @classmethod
@@ -248,11 +278,23 @@ class TorchUNet:
     ) -> torch.Tensor:
         context = self._prepare_context(encoder_hidden_states)
         with torch.inference_mode():
-            x = sample.to(self.device, self.dtype)
-            t = torch.tensor(float(timestep), dtype=torch.float32, device=self.device)
-            out = self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+            x = sample.to(self.device, self.dtype, memory_format=self.memory_format)
+            out = self.run(x, self.timestep_tensor(timestep), context)
             # latents stay float32 in the pipeline even when the model runs in half precision
-            return out.to(sample.device, sample.dtype)
+            return out.to(sample.device, sample.dtype, memory_format=torch.contiguous_format)
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The bare model on device tensors (x and context in the model's dtype, t a 0-d
+        float32 tensor): what `fast.CudaGraphUNet` captures and `fast.compile_unet` compiles."""
+        with preferred_attention(self.device):
+            return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+
+    def timestep_tensor(self, timestep: float | torch.Tensor) -> torch.Tensor:
+        """A 0-d float32 device tensor. From a Python number this is a fill kernel, never a
+        blocking host->device copy (`torch.tensor(t, device="cuda")` is one)."""
+        if isinstance(timestep, torch.Tensor):
+            return timestep.to(self.device, torch.float32, non_blocking=True).reshape(())
+        return torch.full((), float(timestep), dtype=torch.float32, device=self.device)
 
     def _prepare_context(self, context: torch.Tensor) -> torch.Tensor:
         # Cast outside inference mode: the result is then an ordinary tensor with a version
