@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(commands)
     add_export_parser(commands)
     add_engine_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 
@@ -137,6 +138,26 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         "CODE DOWNLOADED FROM THE HUB on your machine (default: the native loader)",
     )
     p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch on CUDA: capture the U-Net step as a CUDA graph per shape",
+    )
+    p.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="torch: torch.compile the U-Net (default, reduce-overhead, max-autotune, "
+        "max-autotune-no-cudagraphs)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="torch: channels-last memory format"
+    )
+    p.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="torch: keep the text encoder on the CPU except while encoding a new prompt",
+    )
+    p.add_argument(
         "--preview-every",
         type=int,
         default=0,
@@ -151,6 +172,19 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         help="print one JSON object per image on stdout (logs go to stderr)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from sdxs_rt.bench.command import add_bench_arguments
+
+    add_bench_arguments(
+        commands.add_parser(
+            "bench",
+            help="time the model card's script against every sdxs-rt path on this machine",
+            description="Benchmark: the model card's algorithm (the reference) and each sdxs-rt "
+            "path, same random weights, seed, steps and size; prints a table, writes JSON.",
+        )
+    )
 
 
 def add_engine_parser(commands: argparse._SubParsersAction) -> None:
@@ -278,6 +312,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from sdxs_rt.backends.tensorrt.commands import run_export_tensorrt
 
         return run_export_tensorrt(args)
+    if args.command == "bench":
+        from sdxs_rt.bench.command import run_bench
+
+        return run_bench(args)
     if args.command == "engine":
         from sdxs_rt.backends.tensorrt.commands import run_engine
 

@@ -64,6 +64,27 @@ def check_preview_args(args: argparse.Namespace) -> None:
         raise UsageError("--preview-path needs --preview-every N")
 
 
+def backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The torch GPU fast-path flags as the torch backend's `fast` option (else none)."""
+    wanted = args.cuda_graphs or args.compile or args.channels_last or args.offload_text_encoder
+    if not wanted:
+        return {}
+    if args.backend != "torch":
+        raise UsageError(
+            "--cuda-graphs, --compile, --channels-last and --offload-text-encoder "
+            "apply to --backend torch only"
+        )
+    from sdxs_rt.backends.torch.fast import FastPathOptions
+
+    options = FastPathOptions(
+        cuda_graphs=args.cuda_graphs,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        offload_text_encoder=args.offload_text_encoder,
+    )
+    return {"fast": options}
+
+
 def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
     if args.backend == "tensorrt" and args.model:
         from sdxs_rt.backends.tensorrt import check_size_for_model
@@ -72,6 +93,7 @@ def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
         check_size_for_model(args.model, size[0], size[1], args.batch_size)
     pipe = Pipeline.from_pretrained(
         args.model,
+        backend_options=backend_options(args),
         text_encoder=args.text_encoder,
         backend=args.backend,
         device=args.device,

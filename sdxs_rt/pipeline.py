@@ -139,11 +139,13 @@ class Pipeline:
         dtype: str | None = None,
         variant: str | None = None,
         trust_remote_code: bool = False,
+        backend_options: dict[str, Any] | None = None,
     ) -> Pipeline:
         """Load a model: for torch a diffusers-format folder or hub id (None: the built-in
         default model); for onnx and tensorrt a folder written by `sdxs-rt export onnx`.
 
-        `device` and `dtype` default per backend (`DEFAULT_DEVICE`, `DEFAULT_PRECISION`).
+        `device` and `dtype` default per backend (`DEFAULT_DEVICE`, `DEFAULT_PRECISION`);
+        `backend_options` go to the backend's `load_components` (torch: `fast=FastPathOptions`).
         """
         if backend not in BACKEND_MODULES:
             raise UsageError(
@@ -157,6 +159,7 @@ class Pipeline:
             precision=dtype or DEFAULT_PRECISION[backend],
             variant=variant,
             trust_remote_code=trust_remote_code,
+            **(backend_options or {}),
         )
         return cls(components)
 

@@ -322,3 +322,24 @@ def test_engine_commands_without_tensorrt(capsys, tmp_path: Path, monkeypatch, t
     assert json.loads(stdout) == []
     code, _, err = run_cli(capsys, "export", "tensorrt", "--model", str(tmp_path / "nowhere"))
     assert code in (3, 4) and "Traceback" not in err
+
+
+def test_fast_path_flags_keep_the_image(capsys, tmp_path: Path) -> None:
+    import numpy as np
+
+    plain = ["generate", "x", "--seed", "2", "-o", str(tmp_path / "plain.png"), *FAST]
+    assert run_cli(capsys, *plain)[0] == 0
+    fast = ["generate", "x", "--seed", "2", "-o", str(tmp_path / "fast.png"), *FAST]
+    code, _, err = run_cli(capsys, *fast, "--channels-last", "--offload-text-encoder")
+    assert code == 0, err
+    a, b = (np.asarray(Image.open(tmp_path / n), dtype=np.int16) for n in ("plain.png", "fast.png"))
+    assert np.abs(a - b).max() <= 1
+    code, _, err = run_cli(capsys, "generate", "x", "--backend", "onnx", "--cuda-graphs", *FAST)
+    assert code == 2 and "--backend torch only" in err
+
+
+def test_bench_is_wired_into_the_cli(capsys) -> None:
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "--help"])
+    assert raised.value.code == 0
+    assert "--preset" in capsys.readouterr().out  # the run itself: tests/test_bench.py
