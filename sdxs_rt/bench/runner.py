@@ -22,15 +22,19 @@ import numpy as np
 
 from sdxs_rt.bench.presets import Preset, build_preset_model, get_preset
 
-SDXS_PATHS = ("torch", "torch-cuda-graphs", "torch-compile", "onnx")
+SDXS_PATHS = ("torch", "torch-bf16", "torch-cuda-graphs", "torch-compile", "onnx")
 ALL_PATHS = ("reference", *SDXS_PATHS)
 # `FastPathOptions` fields of the torch backend's GPU fast path (sdxs_rt.backends.torch.fast);
 # a path is skipped while the backend has no `fast` option
 TORCH_OPTIONS: dict[str, dict[str, Any]] = {
     "torch": {},
+    "torch-bf16": {},
     "torch-cuda-graphs": {"cuda_graphs": True},
     "torch-compile": {"compile": "default", "cuda_graphs": True},
 }
+# Paths whose precision is not the device's default (fp16 on CUDA, fp32 on CPU): bf16 pays off
+# on CPUs with AVX-512 BF16 / AMX.
+PATH_PRECISION = {"torch-bf16": "bf16"}
 IDENTICAL_PSNR = 100.0  # reported when the images are bit-identical
 
 
@@ -98,6 +102,8 @@ def plan_paths(config: BenchConfig) -> list[str]:
     paths = ["reference", "torch"]
     if config.device.startswith("cuda"):
         paths += ["torch-cuda-graphs", "torch-compile"]
+    else:
+        paths.append("torch-bf16")
     if config.preset == "tiny" or config.with_onnx:
         paths.append("onnx")
     return paths

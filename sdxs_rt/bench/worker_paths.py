@@ -122,9 +122,10 @@ def _load_pipeline(job: Job, row: dict[str, Any]) -> Any:
         _ensure_onnx(job)
         row["precision"] = "fp32"
         return Pipeline.from_pretrained(job.onnx_dir, backend="onnx", device=job.device)
-    from sdxs_rt.bench.runner import TORCH_OPTIONS
+    from sdxs_rt.bench.runner import PATH_PRECISION, TORCH_OPTIONS
 
-    precision = "fp16" if job.device.startswith("cuda") else "fp32"
+    default = "fp16" if job.device.startswith("cuda") else "fp32"
+    precision = PATH_PRECISION.get(job.path, default)
     row["precision"] = precision
     options = TORCH_OPTIONS[job.path]
     load = import_backend("torch").load_components
