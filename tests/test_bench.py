@@ -69,3 +69,10 @@ def test_tiny_bench_runs_every_path_and_writes_json(
     assert result["environment"]["commit"]
     table = capsys.readouterr().out
     assert "reference" in table and "PSNR dB" in table
+
+
+def test_the_cli_path_choices_match_the_runner() -> None:
+    from sdxs_rt.bench.command import PATH_NAMES
+    from sdxs_rt.bench.runner import ALL_PATHS
+
+    assert PATH_NAMES == ALL_PATHS

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 PRESET_NAMES = ("tiny", "cpu-small", "full")
-PATH_NAMES = ("reference", "torch", "torch-cuda-graphs", "torch-compile", "onnx")
+PATH_NAMES = ("reference", "torch", "torch-bf16", "torch-cuda-graphs", "torch-compile", "onnx")
 
 BENCH_EXAMPLES = """examples:
   sdxs-rt bench --preset tiny                                  # seconds; a smoke check
