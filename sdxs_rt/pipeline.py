@@ -208,15 +208,16 @@ class Pipeline:
             self._cancel.clear()
 
     def __call__(self, prompt: str = "", **kwargs: Any) -> GenerationResult:
+        params = kwargs.pop("params", None) or GenerationParams(prompt=prompt, **kwargs)
         result = GenerationResult()
         start = time.perf_counter()
-        for event in self.generate(prompt, **kwargs):
+        for event in self.generate(params=params):
             if isinstance(event, ImageEvent):
                 result.images.append(event.image)
                 result.seeds.append(event.seed)
                 for key, value in event.timings.items():
                     result.timings[key] = result.timings.get(key, 0.0) + value
-        result.cancelled = len(result.images) < kwargs.get("num_images", 1)
+        result.cancelled = len(result.images) < params.num_images
         result.timings["total"] = time.perf_counter() - start
         return result
 

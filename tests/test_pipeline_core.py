@@ -68,7 +68,6 @@ def test_guidance_at_most_one_runs_the_conditional_branch_alone() -> None:
 
 def test_guidance_formula_matches_manual_cfg() -> None:
     components = fake_components()
-    pipe = Pipeline(components)
     cond = components.text_encoder(["p"])[:, None]
     uncond = components.text_encoder(["n"])[:, None]
     x = np.ones((1, 16, 2, 2), np.float32)
@@ -77,7 +76,6 @@ def test_guidance_formula_matches_manual_cfg() -> None:
     model = guided_model(components.unet, cond, uncond, 3.0, components.ops)
     u, c = components.unet(x, 500.0, uncond), components.unet(x, 500.0, cond)
     np.testing.assert_allclose(model(x, 500.0), u + 3.0 * (c - u), rtol=1e-6)
-    assert pipe is not None
 
 
 def test_negative_prompt_embedding_is_cached() -> None:
@@ -111,6 +109,17 @@ def test_cancel_from_another_thread_stops_at_the_next_step() -> None:
     # The pipeline is usable again after a cancel.
     components.unet.on_call = None
     assert len(pipe("a cat", seed=1, **SMALL).images) == 1
+
+
+def test_call_reports_a_cancelled_run_also_when_given_params() -> None:
+    from sdxs_rt.params import GenerationParams
+
+    components = fake_components()
+    pipe = Pipeline(components)
+    cancel_after_calls(pipe, components.unet, calls=1)
+    params = GenerationParams(prompt="a cat", seed=1, num_images=2, **SMALL)
+    result = pipe(params=params)
+    assert result.cancelled and result.images == []
 
 
 def test_call_reports_timings_and_seeds() -> None:

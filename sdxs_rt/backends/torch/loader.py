@@ -108,8 +108,12 @@ def _load_models(
     if fast is not None and fast.offload_text_encoder:
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
         encoder = OffloadedTextEncoder(encoder, device)
-    unet = TorchUNet.load(files.unet_dir, files.unet_weights, device, dtype)
-    vae = TorchVAEDecoder.load(files.vae_dir, files.vae_weights, device, dtype)
+    unet = TorchUNet.load(
+        files.unet_dir, files.unet_weights, device, dtype, config=files.unet_config
+    )
+    vae = TorchVAEDecoder.load(
+        files.vae_dir, files.vae_weights, device, dtype, config=files.vae_config
+    )
     if fast is not None and fast.channels_last:
         use_channels_last(vae.vae)
     if encoder is None:

@@ -268,8 +268,10 @@ class TorchUNet:
         device: torch.device | str,
         dtype: torch.dtype,
         fold: bool = True,
+        config: dict[str, Any] | None = None,
     ) -> TorchUNet:
-        config = read_config(Path(unet_dir) / "config.json")
+        """`config`: the already-read config.json (read from `unet_dir` when None)."""
+        config = config or read_config(Path(unet_dir) / "config.json")
         unet = load_diffusers_module(UNet2DConditionModel, config, Path(weights), device, dtype)
         return cls(unet, fold=fold)
 

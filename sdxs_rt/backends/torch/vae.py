@@ -51,8 +51,10 @@ class TorchVAEDecoder:
         device: torch.device | str,
         dtype: torch.dtype,
         tiled: bool | None = None,
+        config: dict[str, Any] | None = None,
     ) -> TorchVAEDecoder:
-        config = read_config(Path(vae_dir) / "config.json")
+        """`config`: the already-read config.json (read from `vae_dir` when None)."""
+        config = config or read_config(Path(vae_dir) / "config.json")
         vae = load_diffusers_module(AutoencoderKL, config, Path(weights), device, dtype)
         return cls(vae, tiled=tiled)
 
