@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_engine_parser(commands)
     add_bench_parser(commands)
+    add_merge_lora_parser(commands)
     return parser
 
 
@@ -172,6 +173,20 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         help="print one JSON object per image on stdout (logs go to stderr)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
+        "strength SCALE (default 1.0); repeatable",
+    )
+
+
+def add_merge_lora_parser(commands: argparse._SubParsersAction) -> None:
+    from sdxs_rt.lora_command import add_merge_lora_parser as add_parser
+
+    add_parser(commands)
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -320,6 +335,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from sdxs_rt.backends.tensorrt.commands import run_engine
 
         return run_engine(args)
+    if args.command == "merge-lora":
+        from sdxs_rt.lora_command import run_merge_lora
+
+        return run_merge_lora(args)
     build_parser().print_help(sys.stderr)
     return EXIT_USAGE
 

@@ -65,10 +65,12 @@ def check_preview_args(args: argparse.Namespace) -> None:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The torch GPU fast-path flags as the torch backend's `fast` option (else none)."""
+    """The torch GPU fast-path flags as the torch backend's `fast` option, and --lora as its
+    `loras` option (else none)."""
+    options = lora_options(args)
     wanted = args.cuda_graphs or args.compile or args.channels_last or args.offload_text_encoder
     if not wanted:
-        return {}
+        return options
     if args.backend != "torch":
         raise UsageError(
             "--cuda-graphs, --compile, --channels-last and --offload-text-encoder "
@@ -76,13 +78,32 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
         )
     from sdxs_rt.backends.torch.fast import FastPathOptions
 
-    options = FastPathOptions(
+    fast = FastPathOptions(
         cuda_graphs=args.cuda_graphs,
         compile=args.compile,
         channels_last=args.channels_last,
         offload_text_encoder=args.offload_text_encoder,
     )
-    return {"fast": options}
+    return {**options, "fast": fast}
+
+
+def lora_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--lora FILE[:SCALE] -> the torch backend's `loras`, files checked before anything loads."""
+    given = getattr(args, "lora", None) or []
+    if not given:
+        return {}
+    if args.backend != "torch":
+        raise UsageError(
+            "--lora applies to --backend torch only; for onnx or tensorrt, merge the LoRA "
+            "with 'sdxs-rt merge-lora MODEL LORA:SCALE -o OUT' and export OUT"
+        )
+    from sdxs_rt.backends.torch.lora import parse_lora_spec
+
+    specs = [parse_lora_spec(spec) for spec in given]
+    for spec in specs:
+        if not spec.path.is_file():
+            raise UsageError(f"LoRA file {spec.path} does not exist")
+    return {"loras": specs}
 
 
 def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
@@ -163,6 +184,7 @@ def save_image(
         "device": record.device,
         "precision": record.precision,
         "model": record.model,
+        **({"loras": pipe.info["loras"]} if pipe.info.get("loras") else {}),
         "timings": {k: round(v, 4) for k, v in event.timings.items()},
     }
 

@@ -120,7 +120,26 @@ def make_record(pipe: RecordSource, params: GenerationParams, seed: int) -> Imag
         version=__version__,
         text_encoder=str(info.get("text_encoder", "")),
         variant=info.get("variant"),
+        extra={"loras": list(info["loras"])} if info.get("loras") else {},
     )
+
+
+def record_loras(record: ImageRecord) -> list[dict[str, Any]]:
+    """The LoRAs merged for this image (`extra["loras"]`: name, file, scale, hash), if any."""
+    loras = record.extra.get("loras")
+    if not isinstance(loras, list):
+        return []
+    return [lora for lora in loras if isinstance(lora, dict) and "name" in lora]
+
+
+def lora_items(record: ImageRecord) -> list[tuple[str, object]]:
+    """A1111's `Lora hashes` ("name: hash, ...") and our `LoRA` ("name: scale, ...")."""
+    loras = record_loras(record)
+    if not loras:
+        return []
+    hashes = ", ".join(f"{lora['name']}: {lora.get('hash', '')}" for lora in loras)
+    scales = ", ".join(f"{lora['name']}: {lora.get('scale', 1.0)}" for lora in loras)
+    return [("Lora hashes", hashes), ("LoRA", scales)]
 
 
 @dataclass
@@ -162,6 +181,7 @@ def parameter_items(record: ImageRecord) -> list[tuple[str, object]]:
         ("RNG", record.rng),
         ("Precision", record.precision),
         ("Scheduler", record.scheduler),
+        *lora_items(record),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from sdxs_rt.backends.torch.fast import (
     accelerate_unet,
     use_channels_last,
 )
+from sdxs_rt.backends.torch.lora import LoraSpec, parse_lora_spec
 from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.unet import TorchUNet
@@ -51,18 +53,21 @@ def load_components(
     variant: str | None = None,
     trust_remote_code: bool = False,
     fast: FastPathOptions | None = None,
+    loras: Sequence[LoraSpec | str] = (),
 ) -> Components:
     """`fast`: the GPU fast path (see `fast.FastPathOptions`); None reads the SDXS_RT_CUDA_GRAPHS,
     SDXS_RT_COMPILE, SDXS_RT_CHANNELS_LAST and SDXS_RT_OFFLOAD_TEXT_ENCODER variables, and
-    without any of them set loads the plain eager model."""
+    without any of them set loads the plain eager model. `loras`: LoRA files (`LoraSpec`s or
+    "FILE:SCALE" strings) merged into the U-Net weights at load time."""
     fast = fast if fast is not None else FastPathOptions.from_env()
+    lora_specs = [parse_lora_spec(spec) for spec in loras]
     files = resolve_model(model, variant)
     encoder_files = resolve_text_encoder(text_encoder, files)
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     try:
         encoder, unet, vae = _load_models(
-            files, encoder_files, torch_device, dtype, trust_remote_code, fast
+            files, encoder_files, torch_device, dtype, trust_remote_code, fast, lora_specs
         )
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
@@ -79,6 +84,8 @@ def load_components(
         "variant": variant,
         "folded_cross_attention_blocks": unet.folded_blocks,
     }
+    if unet.lora_info:
+        info["loras"] = unet.lora_info
     if fast is not None:
         info["fast_path"] = fast.info(torch_device)
     return Components(
@@ -101,6 +108,7 @@ def _load_models(
     dtype: torch.dtype,
     trust_remote_code: bool,
     fast: FastPathOptions | None,
+    loras: Sequence[LoraSpec],
 ) -> tuple[Any, TorchUNet, TorchVAEDecoder]:
     """(text encoder, U-Net, VAE decoder). With the offload on, the encoder is loaded first and
     parked on the CPU at once, so it never shares the GPU with the U-Net at load time."""
@@ -109,7 +117,7 @@ def _load_models(
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
         encoder = OffloadedTextEncoder(encoder, device)
     unet = TorchUNet.load(
-        files.unet_dir, files.unet_weights, device, dtype, config=files.unet_config
+        files.unet_dir, files.unet_weights, device, dtype, config=files.unet_config, loras=loras
     )
     vae = TorchVAEDecoder.load(
         files.vae_dir, files.vae_weights, device, dtype, config=files.vae_config

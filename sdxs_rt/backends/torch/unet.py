@@ -22,6 +22,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from sdxs_rt.backends.torch.lora import LoraSpec, apply_loras
 from sdxs_rt.backends.torch.weights import load_diffusers_module, read_config
 
 T = TypeVar("T")
@@ -259,6 +260,7 @@ class TorchUNet:
         self.folded_blocks = fold_cross_attention(unet) if fold else 0
         self.memory_format = torch.contiguous_format  # `fast.use_channels_last` changes it
         self._context_cache = TensorKeyedCache()
+        self.lora_info: list[dict[str, Any]] = []  # the LoRAs merged at load time
 
     @classmethod
     def load(
@@ -269,11 +271,17 @@ class TorchUNet:
         dtype: torch.dtype,
         fold: bool = True,
         config: dict[str, Any] | None = None,
+        loras: Sequence[LoraSpec] = (),
     ) -> TorchUNet:
-        """`config`: the already-read config.json (read from `unet_dir` when None)."""
+        """`config`: the already-read config.json (read from `unet_dir` when None); `loras`
+        are merged into the weights before folding (`lora_info` then lists them)."""
         config = config or read_config(Path(unet_dir) / "config.json")
         unet = load_diffusers_module(UNet2DConditionModel, config, Path(weights), device, dtype)
-        return cls(unet, fold=fold)
+        # The folded attentions are built from the weights: merge first.
+        info = apply_loras(unet, loras)
+        model = cls(unet, fold=fold)
+        model.lora_info = info
+        return model
 
     def __call__(
         self, sample: torch.Tensor, timestep: float, encoder_hidden_states: torch.Tensor
