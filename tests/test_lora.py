@@ -311,3 +311,24 @@ def test_cli_missing_lora_and_merge_errors(
     out = ["-o", str(tmp_path / "full")]
     assert main(["merge-lora", str(tiny_model), str(lora["path"]), *out]) == EXIT_USAGE
     assert "already exists" in capsys.readouterr().err
+
+
+def test_merge_keeps_folder_name_dtype_and_variant(
+    lora: dict[str, Any], tiny_model_sdxs_fp16: Path, tmp_path: Path
+) -> None:
+    """A model with its U-Net in `sdxs/` and only fp16 files stays so, and loads as before."""
+    from sdxs_rt.backends.torch import load_components
+
+    out = merge_lora_into_folder(tiny_model_sdxs_fp16, lora["path"], 1.0, tmp_path / "m")
+    name = "diffusion_pytorch_model.fp16.safetensors"
+    key = ATTN.removeprefix("unet.") + ".weight"
+    with (
+        safe_open(out / "sdxs" / name, framework="pt") as merged,
+        safe_open(tiny_model_sdxs_fp16 / "sdxs" / name, framework="pt") as source,
+    ):
+        assert merged.get_tensor(key).dtype == torch.float16
+        assert not torch.equal(merged.get_tensor(key), source.get_tensor(key))
+        assert merged.keys() == source.keys()
+    assert not (out / "unet").exists()
+    components = load_components(str(out), variant="fp16")
+    assert components.info["variant"] == "fp16"
