@@ -21,6 +21,7 @@ from sdxs_rt.errors import (
     SdxsError,
     UsageError,
 )
+from sdxs_rt.train_command import add_train_parser
 
 # Kept in sync with sdxs_rt.samplers.SCHEDULER_NAMES by a test; duplicated here so --help
 # does not import the sampling core.
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(commands)
     add_engine_parser(commands)
     add_bench_parser(commands)
+    add_train_parser(commands)
     add_merge_lora_parser(commands)
     return parser
 
@@ -327,6 +329,10 @@ def dispatch(args: argparse.Namespace) -> int:
         from sdxs_rt.backends.tensorrt.commands import run_export_tensorrt
 
         return run_export_tensorrt(args)
+    if args.command == "train":
+        from sdxs_rt.train_command import run_train
+
+        return run_train(args)
     if args.command == "bench":
         from sdxs_rt.bench.command import run_bench
 
