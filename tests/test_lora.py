@@ -332,3 +332,13 @@ def test_merge_keeps_folder_name_dtype_and_variant(
     assert not (out / "unet").exists()
     components = load_components(str(out), variant="fp16")
     assert components.info["variant"] == "fp16"
+
+
+def test_merge_refuses_an_output_inside_the_model(
+    lora: dict[str, Any], tiny_model: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    with pytest.raises(UsageError, match="inside the model folder"):
+        merge_lora_into_folder(model, lora["path"], 1.0, model / "merged")

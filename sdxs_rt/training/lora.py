@@ -133,6 +133,8 @@ def merge_lora_into_folder(model: str | Path, lora: Path, scale: float, out_dir:
     lora = Path(lora)
     layers = read_lora(lora)  # before copying anything: a bad LoRA file fails fast
     files = _resolve_any_variant(str(model))
+    if out_dir.resolve().is_relative_to(files.root.resolve()):
+        raise UsageError(f"output {out_dir} is inside the model folder {files.root}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
