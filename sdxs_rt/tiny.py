@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -111,11 +111,11 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path), {"format": "pt"})
 
 
@@ -132,9 +132,9 @@ def _perturb_zero_tensors(module: torch.nn.Module, seed: int) -> None:
 # --- tokenizer --------------------------------------------------------------------------
 
 
-def _unigram_vocab() -> list[tuple[str, float]]:
+def _unigram_vocab(corpus: Sequence[str]) -> list[tuple[str, float]]:
     """Corpus words (log-frequency scores) plus every ASCII/Cyrillic char as a fallback piece."""
-    words = Counter(w for caption in CAPTIONS for w in caption.replace(",", " ,").split())
+    words = Counter(w for caption in corpus for w in caption.replace(",", " ,").split())
     total = sum(words.values())
     vocab: list[tuple[str, float]] = [(tok, 0.0) for tok in SPECIAL_TOKENS]
     seen = {tok for tok, _ in vocab}
@@ -149,9 +149,10 @@ def _unigram_vocab() -> list[tuple[str, float]]:
     return vocab
 
 
-def build_tokenizer() -> Tokenizer:
-    """An XLM-R-style SentencePiece-Unigram tokenizer: `<s> ... </s>`, `<pad>`=1, `<mask>` last."""
-    tokenizer = Tokenizer(Unigram(_unigram_vocab(), unk_id=3, byte_fallback=False))
+def build_tokenizer(corpus: Sequence[str] = CAPTIONS) -> Tokenizer:
+    """An XLM-R-style SentencePiece-Unigram tokenizer: `<s> ... </s>`, `<pad>`=1, `<mask>` last.
+    Whole words of `corpus` are single pieces; anything else falls back to characters."""
+    tokenizer = Tokenizer(Unigram(_unigram_vocab(corpus), unk_id=3, byte_fallback=False))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
     )
@@ -189,29 +190,34 @@ def write_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
         "clean_up_tokenization_spaces": True,
         **_special_tokens_map(),
     }
-    _write_json(folder / "tokenizer_config.json", config)
-    _write_json(folder / "special_tokens_map.json", _special_tokens_map())
+    write_json(folder / "tokenizer_config.json", config)
+    write_json(folder / "special_tokens_map.json", _special_tokens_map())
 
 
 # --- text encoder -----------------------------------------------------------------------
 
 
-def _text_config(vocab_size: int) -> dict[str, Any]:
+def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
+    """A tiny XLM-R config (the Mexma-SigLIP text tower) as a plain dict."""
     from transformers import XLMRobertaConfig
 
+    values: dict[str, Any] = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "initializer_range": 0.2,  # wider than 0.02 so the CLS vector depends on the prompt
+        **overrides,
+    }
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
         max_position_embeddings=514,
         type_vocab_size=1,
-        initializer_range=0.2,  # wider than 0.02 so the CLS vector depends on the prompt
         layer_norm_eps=1e-5,
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
+        **values,
     )
     data = config.to_diff_dict()
     data.pop("transformers_version", None)  # keeps the bytes independent of the install
@@ -232,8 +238,20 @@ def _text_encoder_tensors(text_config: dict[str, Any], seed: int) -> dict[str, t
 
 def write_text_encoder(folder: Path, tokenizer: Tokenizer, seed: int, remote_code: bool) -> None:
     """Mexma-SigLIP layout: nested XLM-R `text_config`, `text_model.*` + `text_projector`."""
+    config = text_config(tokenizer.get_vocab_size())
+    tensors = _text_encoder_tensors(config, seed)
+    write_text_encoder_files(folder, tokenizer, config, tensors, remote_code)
+
+
+def write_text_encoder_files(
+    folder: Path,
+    tokenizer: Tokenizer,
+    text_config: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    remote_code: bool = False,
+) -> None:
+    """Write given text-encoder weights (`text_model.*`, `text_projector.weight`) and configs."""
     folder.mkdir(parents=True, exist_ok=True)
-    text_config = _text_config(tokenizer.get_vocab_size())
     config: dict[str, Any] = {
         "architectures": ["MexmaSigLIP"],
         "model_type": "mexma_siglip",
@@ -249,8 +267,8 @@ def write_text_encoder(folder: Path, tokenizer: Tokenizer, seed: int, remote_cod
             "AutoModel": f"{module}.MexmaSigLIP",
         }
         (folder / REMOTE_CODE_FILE).write_text(REMOTE_CODE_SOURCE)
-    _write_json(folder / "config.json", config)
-    _save_tensors(_text_encoder_tensors(text_config, seed), folder / "model.safetensors")
+    write_json(folder / "config.json", config)
+    save_tensors(tensors, folder / "model.safetensors")
     write_tokenizer(tokenizer, folder)  # the card loads tokenizer and model from one folder
 
 
@@ -331,7 +349,7 @@ def _write_diffusers_model(model: Any, folder: Path, variant: str | None, seed: 
         stem += ".fp16"
     elif variant is not None:
         raise ValueError(f"variant must be None or 'fp16', not {variant!r}")
-    _save_tensors(tensors, folder / f"{stem}.safetensors")
+    save_tensors(tensors, folder / f"{stem}.safetensors")
 
 
 def write_unet(folder: Path, seed: int, variant: str | None) -> None:
@@ -356,7 +374,7 @@ def _diffusers_version() -> str:
     return str(diffusers.__version__)
 
 
-def _model_index(unet_folder: str) -> dict[str, Any]:
+def model_index(unet_folder: str) -> dict[str, Any]:
     return {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": _diffusers_version(),
@@ -387,11 +405,11 @@ def build_tiny_model(
     write_unet(root / unet_folder, seed * 10 + 1, variant)
     write_vae(root / "vae", seed * 10 + 2, variant, latent_norm)
     (root / "scheduler").mkdir(exist_ok=True)
-    _write_json(root / "scheduler" / "scheduler_config.json", scheduler_config(scheduler_overrides))
+    write_json(root / "scheduler" / "scheduler_config.json", scheduler_config(scheduler_overrides))
     tokenizer = build_tokenizer()
     write_text_encoder(root / "text_encoder", tokenizer, seed * 10 + 3, remote_code)
     write_tokenizer(tokenizer, root / "tokenizer")
-    _write_json(root / "model_index.json", _model_index(unet_folder))
+    write_json(root / "model_index.json", model_index(unet_folder))
     return root
 
 

@@ -149,7 +149,7 @@ def count_parameters(kwargs: dict[str, Any], cls_name: str = "UNet2DConditionMod
 
 
 def text_config(preset: Preset, tokenizer_vocab: int) -> dict[str, Any]:
-    config = tiny._text_config(tokenizer_vocab)
+    config = tiny.text_config(tokenizer_vocab)
     tower = dict(preset.text)
     config.update({k: v for k, v in tower.items() if v is not None})
     if preset.name != "tiny":
@@ -159,28 +159,11 @@ def text_config(preset: Preset, tokenizer_vocab: int) -> dict[str, Any]:
 
 def _write_text_encoder(folder: Path, preset: Preset, tokenizer: Any, seed: int) -> None:
     """As `tiny.write_text_encoder(remote_code=True)`, with the preset's tower shape."""
-    folder.mkdir(parents=True, exist_ok=True)
     config_text = text_config(preset, tokenizer.get_vocab_size())
-    module = tiny.REMOTE_CODE_FILE.removesuffix(".py")
-    config: dict[str, Any] = {
-        "architectures": ["MexmaSigLIP"],
-        "model_type": "mexma_siglip",
-        "projection_dim": tiny.TEXT_EMBED_DIM,
-        "embed_dim": tiny.TEXT_EMBED_DIM,
-        "text_config": config_text,
-        "torch_dtype": "float32",
-        "auto_map": {
-            "AutoConfig": f"{module}.MexmaSigLIPConfig",
-            "AutoModel": f"{module}.MexmaSigLIP",
-        },
-    }
-    (folder / tiny.REMOTE_CODE_FILE).write_text(tiny.REMOTE_CODE_SOURCE)
-    tiny._write_json(folder / "config.json", config)
     tensors = tiny._text_encoder_tensors(config_text, seed)
     # keep the projected vector at the tiny model's scale whatever the tower width
     tensors["text_projector.weight"] *= (32 / config_text["hidden_size"]) ** 0.5
-    tiny._save_tensors(tensors, folder / "model.safetensors")
-    tiny.write_tokenizer(tokenizer, folder)
+    tiny.write_text_encoder_files(folder, tokenizer, config_text, tensors, remote_code=True)
 
 
 def build_preset_model(preset: Preset, root: Path, seed: int = 0) -> Path:
@@ -199,9 +182,9 @@ def build_preset_model(preset: Preset, root: Path, seed: int = 0) -> Path:
         tiny._write_diffusers_model(model, root / folder, preset.variant, seed * 10 + part)
         del model
     (root / "scheduler").mkdir(exist_ok=True)
-    tiny._write_json(root / "scheduler" / "scheduler_config.json", tiny.scheduler_config())
+    tiny.write_json(root / "scheduler" / "scheduler_config.json", tiny.scheduler_config())
     tokenizer = tiny.build_tokenizer()
     _write_text_encoder(root / "text_encoder", preset, tokenizer, seed * 10 + 3)
     tiny.write_tokenizer(tokenizer, root / "tokenizer")
-    tiny._write_json(root / "model_index.json", tiny._model_index("unet"))
+    tiny.write_json(root / "model_index.json", tiny.model_index("unet"))
     return root
