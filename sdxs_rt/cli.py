@@ -81,10 +81,10 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=-1, help="seed; -1 or absent: random (always printed)"
     )
     p.add_argument(
-        "--width", type=int, default=None, help="width in px, a multiple of 64 (default 576)"
+        "--width", type=int, default=None, help="width in px, a multiple of 64 (default: the model's, 576 for SDXS)"
     )
     p.add_argument(
-        "--height", type=int, default=None, help="height in px, a multiple of 64 (default 576)"
+        "--height", type=int, default=None, help="height in px, a multiple of 64 (default: the model's, 576 for SDXS)"
     )
     p.add_argument("--size", help="WxH, e.g. 576x448 (instead of --width/--height)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
@@ -259,8 +259,8 @@ def add_info_parser(commands: argparse._SubParsersAction) -> None:
 SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
 
 
-def parse_size(args: argparse.Namespace) -> tuple[int, int]:
-    """--size WxH or --width/--height; the two forms are exclusive."""
+def parse_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """--size WxH or --width/--height; the two forms are exclusive. None: the model's size."""
     if args.size is not None:
         if args.width is not None or args.height is not None:
             raise UsageError("give either --size or --width/--height, not both")
@@ -268,7 +268,7 @@ def parse_size(args: argparse.Namespace) -> tuple[int, int]:
         if not match:
             raise UsageError(f"--size must look like 576x448, got {args.size!r}")
         return int(match.group(1)), int(match.group(2))
-    return args.width or 576, args.height or 576
+    return args.width, args.height
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -313,7 +313,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "generate":
         from sdxs_rt.generate_command import run_generate
 
-        return run_generate(args, prompts=read_prompts(args), size=parse_size(args))
+        return run_generate(args, prompts=read_prompts(args), given_size=parse_size(args))
     if args.command == "info":
         return run_info(args)
     if args.command == "export" and args.export_target == "onnx":

@@ -9,8 +9,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sdxs_rt.errors import UsageError
+from sdxs_rt.errors import SdxsError, UsageError
 from sdxs_rt.images import check_outputs, output_paths, save_png
+from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
 from sdxs_rt.metadata import make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
@@ -206,7 +207,22 @@ def shorten(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_generate(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> int:
+def model_size(args: argparse.Namespace, given: tuple[int | None, int | None]) -> tuple[int, int]:
+    """Fill a missing width/height with the model's native size (576 when it cannot be read
+    from the model's configs, e.g. an exported folder: loading reports real problems later)."""
+    if given[0] is not None and given[1] is not None:
+        return given[0], given[1]
+    try:
+        native = native_image_size(resolve_model(args.model, args.variant))
+    except SdxsError:
+        native = DEFAULT_IMAGE_SIZE
+    return given[0] or native[0], given[1] or native[1]
+
+
+def run_generate(
+    args: argparse.Namespace, prompts: list[str], given_size: tuple[int | None, int | None]
+) -> int:
+    size = model_size(args, given_size)
     jobs = plan_jobs(args, prompts, size)
     pipe = load_pipeline(args, size)
     total_steps = sum(

@@ -18,6 +18,7 @@ from typing import Any
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
 
 DEFAULT_MODEL_NAME = "tiny-sdxs"
+DEFAULT_IMAGE_SIZE = (576, 576)  # SDXS trains at 576 px (model card)
 DEFAULT_TEXT_ENCODER = "visheratin/mexma-siglip"  # what the SDXS model card loads
 UNET_FOLDERS = ("unet", "sdxs")  # one published revision kept the U-Net in `sdxs/`
 WEIGHTS_STEM_DIFFUSERS = "diffusion_pytorch_model"
@@ -94,6 +95,19 @@ def resolve_model(spec: str | None, variant: str | None = None) -> ModelFiles:
     root = _local_or_hub(spec, _model_patterns(variant), what="model")
     name = spec if root != Path(spec).expanduser() else root.resolve().name
     return _resolve_model_folder(root, name, variant)
+
+
+def native_image_size(files: ModelFiles) -> tuple[int, int]:
+    """(width, height) the model was made for: the U-Net's `sample_size` (an int or [h, w])
+    times the VAE's downscale, as diffusers pipelines default; SDXS's 576x576 without one."""
+    sample = files.unet_config.get("sample_size")
+    blocks = files.vae_config.get("block_out_channels") or [0] * 4
+    scale = 2 ** (len(blocks) - 1)
+    if isinstance(sample, int) and sample > 0:
+        return sample * scale, sample * scale
+    if isinstance(sample, list | tuple) and len(sample) == 2 and all(int(v) > 0 for v in sample):
+        return int(sample[1]) * scale, int(sample[0]) * scale
+    return DEFAULT_IMAGE_SIZE
 
 
 def resolve_text_encoder(spec: str | None, model: ModelFiles) -> TextEncoderFiles:

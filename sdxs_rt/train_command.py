@@ -52,7 +52,6 @@ HELP = {
     "allow_upscale": "enlarge images smaller than their bucket instead of shrinking the bucket",
     "caption_dropout": "probability of training on the empty prompt instead (default 0.1)",
     "cache_dir": "latent/embedding cache (default output_dir/cache)",
-    "dataloader_workers": "reserved; batches are read from the cache in the main process",
     "batch_size": "images per device per micro-batch (default 1)",
     "gradient_accumulation_steps": "micro-batches per optimizer step (default 1)",
     "max_steps": "optimizer steps (default 1000)",

@@ -39,9 +39,10 @@ from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageEr
 from sdxs_rt.graphs import GraphEntry, Manifest, graph_specs, write_manifest
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.prompt_tokenizer import MAX_TOKENS, PromptTokenizer
+from tests.tiny_tokenizer import tiny_tokenizer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGED_TOKENIZER = ROOT / "sdxs_rt" / "models" / "tiny-sdxs" / "tokenizer"
+PACKAGED_TOKENIZER = tiny_tokenizer_dir()
 WIDTH = 8  # text width of the hand-made graphs
 CHANNELS = 16
 OPSET = 17

@@ -39,9 +39,10 @@ from sdxs_rt.graphs import (
     read_manifest,
     write_manifest,
 )
+from tests.tiny_tokenizer import tiny_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TOKENIZER = REPO / "sdxs_rt" / "models" / "tiny-sdxs" / "tokenizer"
+TINY_TOKENIZER = tiny_tokenizer_dir()
 TEXT_WIDTH = 32
 SMALL = SizeProfile(min_size=64, opt_size=64, max_size=128, max_batch=2)
 HERE = Environment("10.0.1", "12.4", "Test GPU", "8.9", "Linux-x86_64")

@@ -109,3 +109,11 @@ def test_help_mentions_accelerate_and_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_readme_toml_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = make_config(load_toml(_toml(tmp_path, block)))
+    assert (config.mode, config.max_steps, config.variant) == ("lora", 2000, "fp16")
+    assert config.validation_prompts == ["a lighthouse at dawn", "кот"]

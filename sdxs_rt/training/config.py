@@ -52,7 +52,6 @@ class TrainConfig:
     allow_upscale: bool = False
     caption_dropout: float = 0.1
     cache_dir: str | None = None  # default: output_dir/cache
-    dataloader_workers: int = 0
     # schedule
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
@@ -201,7 +200,7 @@ def _check_counts(config: TrainConfig) -> None:
         if getattr(config, name) < 1:
             raise UsageError(f"{name} must be at least 1; got {getattr(config, name)}.")
     at_least_zero = ("lr_warmup_steps", "checkpoint_every", "validation_every", "seed")
-    for name in (*at_least_zero, "dataloader_workers"):
+    for name in at_least_zero:
         if getattr(config, name) < 0:
             raise UsageError(f"{name} must be 0 or more; got {getattr(config, name)}.")
     limit = config.checkpoints_total_limit

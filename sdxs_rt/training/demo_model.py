@@ -162,7 +162,9 @@ def store_unet_fp16(model_dir: Path) -> None:
     tiny.save_tensors({k: v.half() for k, v in tensors.items()}, path)
 
 
-def build_demo_model(out_dir: Path, work_dir: Path, recipe: DemoRecipe) -> dict[str, Any]:
+def build_demo_model(
+    out_dir: Path, work_dir: Path, recipe: DemoRecipe, evaluate_accuracy: bool = True
+) -> dict[str, Any]:
     """Run the whole recipe; returns the figures also written to OUT_DIR/recipe.json."""
     started = time.perf_counter()
     train_combos, held_out = split_combinations(seed=recipe.seed)
@@ -184,8 +186,49 @@ def build_demo_model(out_dir: Path, work_dir: Path, recipe: DemoRecipe) -> dict[
         "unet_training_seconds": round(result.seconds, 1),
         "final_loss_mean_last_100": round(float(np.mean(losses[-100:])), 4),
     }
+    if evaluate_accuracy:
+        figures.update(accuracy_figures(out_dir, train_combos, held_out))
     tiny.write_json(out_dir / "recipe.json", figures)
     return figures
+
+
+def evaluate(
+    model: Path | str | None,
+    combos: Sequence[Combination],
+    seeds: Sequence[int] = (0, 1),
+    languages: Sequence[str] = LANGUAGES,
+    **generation: Any,
+) -> dict[str, Any]:
+    """Generate every combination's caption in every language with every seed (the CLI's
+    defaults unless `generation` overrides them) and check the colours from pixels."""
+    from sdxs_rt.pipeline import Pipeline
+    from sdxs_rt.training.demo_check import matches
+
+    pipe = Pipeline.from_pretrained(None if model is None else str(model))
+    right, misses = 0, []
+    for combo in combos:
+        for language in languages:
+            prompt = caption(combo, language)
+            for seed in seeds:
+                image = pipe(prompt, seed=seed, width=64, height=64, **generation).images[0]
+                right += matches(image, combo)
+                if not matches(image, combo):
+                    misses.append(f"{prompt} (seed {seed})")
+    total = len(combos) * len(languages) * len(seeds)
+    return {"accuracy": right / total, "images": total, "misses": misses}
+
+
+def accuracy_figures(
+    model: Path, train: Sequence[Combination], held_out: Sequence[Combination]
+) -> dict[str, Any]:
+    seen = evaluate(model, train, seeds=(0,))
+    held = evaluate(model, held_out)
+    return {
+        "seen_accuracy": round(seen["accuracy"], 4),
+        "held_out_accuracy": round(held["accuracy"], 4),
+        "seen_misses": seen["misses"],
+        "held_out_misses": held["misses"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
