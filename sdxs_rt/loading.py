@@ -17,7 +17,7 @@ from typing import Any
 
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
 
-DEFAULT_MODEL_NAME = "tiny-sdxs"
+DEFAULT_MODEL_NAME = "demo-shapes"
 DEFAULT_IMAGE_SIZE = (576, 576)  # SDXS trains at 576 px (model card)
 DEFAULT_TEXT_ENCODER = "visheratin/mexma-siglip"  # what the SDXS model card loads
 UNET_FOLDERS = ("unet", "sdxs")  # one published revision kept the U-Net in `sdxs/`

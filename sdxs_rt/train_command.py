@@ -39,7 +39,7 @@ train.toml holds the same settings as the flags, e.g.:
 HELP = {
     "data": "training data: an image folder (.txt captions or metadata.jsonl) or parquet",
     "output_dir": "where checkpoints, logs, validation images and the result go",
-    "model": "base model folder or hub id (default: the built-in tiny model)",
+    "model": "base model folder or hub id (default: the built-in demo model)",
     "text_encoder": "text encoder folder or hub id (default: the model's own, else the card's)",
     "variant": "weights variant of the base model (fp16 files load as float32 master weights)",
     "trust_remote_code": "run the text encoder's own code downloaded from the hub",

@@ -394,4 +394,4 @@ def test_previewer_on_the_built_in_model_fits_once_per_vae(tmp_path):
     image = previewer.to_qimage(latents)  # a torch tensor, batch of one
     assert (image.width(), image.height()) == (96, 72)
     assert [p.name for p in tmp_path.iterdir()] == [previewer.cache_path.name]
-    assert "tiny-sdxs" in previewer.cache_path.name
+    assert "demo-shapes" in previewer.cache_path.name

@@ -38,7 +38,7 @@ class TrainConfig:
     # what to train and where it goes
     data: str = ""
     output_dir: str = ""
-    model: str | None = None  # folder or hub id; None: the packaged tiny model
+    model: str | None = None  # folder or hub id; None: the packaged demo model
     text_encoder: str | None = None
     variant: str | None = None
     trust_remote_code: bool = False

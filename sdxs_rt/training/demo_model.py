@@ -43,13 +43,21 @@ from sdxs_rt.training.demo_data import (
 )
 
 UNET_BLOCKS = [32, 64, 64, 96]
+# Zero terminal SNR (so v prediction): with SD's schedule 7% of the signal survives the last
+# step, an 8x8 latent's mean colour leaks through it in training, and sampling from pure noise
+# then picks colours at random. Flat-colour pictures are the worst case for that leak.
+SCHEDULE = {
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+}
 
 
 @dataclass(frozen=True)
 class DemoRecipe:
     seed: int = 0
     image_size: int = 64
-    images_per_combo: int = 8
+    images_per_combo: int = 32
     vae: parts.VAETraining = field(default_factory=parts.VAETraining)
     text: parts.TextTraining = field(default_factory=parts.TextTraining)
     unet_steps: int = 6000
@@ -95,7 +103,9 @@ def _bar(total: int, description: str) -> Any:
     return tqdm(total=total, desc=description, unit="step", file=sys.stderr, dynamic_ncols=True)
 
 
-def build_base_model(out: Path, recipe: DemoRecipe, data_dir: Path, train: list[Combination]):
+def build_base_model(
+    out: Path, recipe: DemoRecipe, data_dir: Path, train: list[Combination]
+) -> None:
     """Steps 2-4 up to the untrained U-Net: VAE, text encoder, tokenizer, scheduler."""
     images = parts.images_to_tensor(
         [np.asarray(Image.open(p)) for p in sorted(data_dir.glob("*.png"))]
@@ -112,7 +122,7 @@ def build_base_model(out: Path, recipe: DemoRecipe, data_dir: Path, train: list[
     tiny.write_text_encoder_files(out / "text_encoder", tokenizer, text_config, tensors)
     tiny.write_tokenizer(tokenizer, out / "tokenizer")
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    tiny.write_json(out / "scheduler" / "scheduler_config.json", tiny.scheduler_config())
+    tiny.write_json(out / "scheduler" / "scheduler_config.json", tiny.scheduler_config(SCHEDULE))
     tiny.write_json(out / "model_index.json", tiny.model_index("unet"))
     _write_random_unet(out / "unet", recipe)
 
@@ -241,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         "--work-dir", type=Path, default=None, help="dataset, caches, logs (default OUT_DIR.work)"
     )
     parser.add_argument("--unet-steps", type=int, default=DemoRecipe.unet_steps)
+    parser.add_argument("--images-per-combo", type=int, default=DemoRecipe.images_per_combo)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    recipe = DemoRecipe(unet_steps=args.unet_steps)
+    recipe = DemoRecipe(unet_steps=args.unet_steps, images_per_combo=args.images_per_combo)
     work = args.work_dir or args.out_dir.with_name(args.out_dir.name + ".work")
     figures = build_demo_model(args.out_dir, work, recipe)
     print(json.dumps({k: v for k, v in figures.items() if k != "recipe"}, indent=2))
