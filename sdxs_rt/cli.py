@@ -81,10 +81,16 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         "--seed", type=int, default=-1, help="seed; -1 or absent: random (always printed)"
     )
     p.add_argument(
-        "--width", type=int, default=None, help="width in px, a multiple of 64 (default: the model's, 576 for SDXS)"
+        "--width",
+        type=int,
+        default=None,
+        help="width in px, a multiple of 64 (default: the model's, 576 for SDXS)",
     )
     p.add_argument(
-        "--height", type=int, default=None, help="height in px, a multiple of 64 (default: the model's, 576 for SDXS)"
+        "--height",
+        type=int,
+        default=None,
+        help="height in px, a multiple of 64 (default: the model's, 576 for SDXS)",
     )
     p.add_argument("--size", help="WxH, e.g. 576x448 (instead of --width/--height)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
