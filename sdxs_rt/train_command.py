@@ -136,6 +136,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     result = train(config)
     where = result.model_dir or result.lora_path
+    if where is None:  # another process of a distributed run: the main one reports
+        return 0
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(
         f"trained {result.final_step} steps in {result.seconds:.0f} s{last}; result: {where}",

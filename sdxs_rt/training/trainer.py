@@ -275,17 +275,18 @@ def after_step(run: Run, step: int, validator: Validator, saved: list[Path]) -> 
         run.emit(TrainEvent("checkpoint", step, {"path": path}))
     if config.validation_every and step % config.validation_every == 0:
         if accelerator.is_main_process:
-            tracker = _tensorboard(accelerator)
+            tracker = _tensorboard(config, accelerator)
             paths = validator.run(accelerator.unwrap_model(run.unet), step, run.ema, tracker)
             run.emit(TrainEvent("validation", step, {"paths": paths}))
         accelerator.wait_for_everyone()
 
 
-def _tensorboard(accelerator: Any) -> Any:
-    try:
-        return accelerator.get_tracker("tensorboard")
-    except Exception:  # logging is off
+def _tensorboard(config: TrainConfig, accelerator: Any) -> Any:
+    """The TensorBoard tracker, or None with logging off (accelerate would hand back a blank
+    tracker without `log_images`)."""
+    if config.log_with != "tensorboard":
         return None
+    return accelerator.get_tracker("tensorboard")
 
 
 def train_loop(run: Run, start: int, validator: Validator) -> tuple[list[float], list[Path]]:
