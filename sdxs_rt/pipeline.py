@@ -79,16 +79,22 @@ def default_scheduler(config: dict[str, Any]) -> str:
     return name or "ddpm"
 
 
+def _per_channel(value: tuple[float, ...] | float, ops: ArrayOps) -> Any:
+    if isinstance(value, (int, float)):
+        return float(value)
+    return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
+
+
 def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
     """Model latents -> VAE latents: `z * std / scaling_factor + mean` (per channel)."""
-
-    def per_channel(value: tuple[float, ...] | float) -> Any:
-        if isinstance(value, (int, float)):
-            return float(value)
-        return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
-
-    std, mean = per_channel(scaling.std), per_channel(scaling.mean)
+    std, mean = _per_channel(scaling.std, ops), _per_channel(scaling.mean, ops)
     return latents * std / scaling.scaling_factor + mean
+
+
+def scale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
+    """VAE latents -> model latents, the inverse: `(z - mean) * scaling_factor / std`."""
+    std, mean = _per_channel(scaling.std, ops), _per_channel(scaling.mean, ops)
+    return (latents - mean) * scaling.scaling_factor / std
 
 
 # TensorRT engines are fp16 on a GPU; exported ONNX graphs carry their own precision (None).

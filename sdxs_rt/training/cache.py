@@ -11,7 +11,6 @@ something is missing, and released before the U-Net is trained.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,14 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm import tqdm
 
+from sdxs_rt.backends.torch.ops import TorchOps
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.vae import latent_scaling_from_config
-from sdxs_rt.backends.torch.weights import load_diffusers_module
+from sdxs_rt.backends.torch.weights import load_diffusers_module, save_safetensors_atomic
 from sdxs_rt.components import LatentScaling
 from sdxs_rt.loading import ModelFiles, TextEncoderFiles, file_sha256, resolve_text_encoder
+from sdxs_rt.pipeline import scale_latents
 from sdxs_rt.training.buckets import Bucket, resize_and_crop
 from sdxs_rt.training.sources import ImageSource
 
@@ -46,17 +47,6 @@ class CacheRequest:
     allow_upscale: bool
     device: torch.device
     show_progress: bool = True
-
-
-def to_model_space(z_vae: torch.Tensor, scaling: LatentScaling) -> torch.Tensor:
-    """VAE latents -> the U-Net's latents: `(z - mean) * scaling_factor / std` per channel."""
-
-    def per_channel(value: tuple[float, ...] | float) -> Any:
-        if isinstance(value, (int, float)):
-            return float(value)
-        return torch.tensor(value, dtype=z_vae.dtype, device=z_vae.device).reshape(1, -1, 1, 1)
-
-    return (z_vae - per_channel(scaling.mean)) * scaling.scaling_factor / per_channel(scaling.std)
 
 
 def _digest(*parts: str) -> str:
@@ -104,13 +94,6 @@ class TrainingCache:
     def embeddings(self, captions: Sequence[str]) -> torch.Tensor:
         """(B, 1, D): the U-Net's encoder_hidden_states for these captions."""
         return torch.stack([self.embedding(c) for c in captions])[:, None]
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(temporary))
-    os.replace(temporary, path)
 
 
 def load_vae_encoder(files: ModelFiles, device: torch.device) -> AutoencoderKL:
@@ -162,9 +145,9 @@ def _encode_chunk(
     with torch.inference_mode():
         # The posterior MEAN, not a sample: deterministic, and what most fine-tuners cache.
         z = vae.encode(pixels.to(vae.device)).latent_dist.mean.float()
-        latents = to_model_space(z, scaling)
+        latents = scale_latents(z, scaling, TorchOps(z.device, torch.float32))
     for (_, _, path), latent in zip(chunk, latents, strict=True):
-        _save_atomic({"latents": latent}, path)
+        save_safetensors_atomic({"latents": latent}, path)
 
 
 def _encode_captions(
@@ -182,7 +165,7 @@ def _encode_captions(
         with torch.inference_mode():
             vectors = encoder(chunk).float()
         for caption, vector in zip(chunk, vectors, strict=True):
-            _save_atomic({"embedding": vector}, pending[caption])
+            save_safetensors_atomic({"embedding": vector}, pending[caption])
         bar.update(len(chunk))
     bar.close()
     del encoder
@@ -212,9 +195,8 @@ def build_cache(
         missing = [(s, b, p) for (s, b), p in zip(items, paths, strict=True) if not p.is_file()]
         if missing:
             _encode_latents(request, missing)
-        todo = {
-            c: cache.embedding_path(c) for c in captions if not cache.embedding_path(c).is_file()
-        }
+        wanted = {c: cache.embedding_path(c) for c in captions}
+        todo = {c: path for c, path in wanted.items() if not path.is_file()}
         if todo:
             _encode_captions(request, encoder_files, todo)
     _release_memory(request.device)

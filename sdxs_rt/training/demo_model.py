@@ -221,8 +221,9 @@ def evaluate(
             prompt = caption(combo, language)
             for seed in seeds:
                 image = pipe(prompt, seed=seed, width=64, height=64, **generation).images[0]
-                right += matches(image, combo)
-                if not matches(image, combo):
+                if matches(image, combo):
+                    right += 1
+                else:
                     misses.append(f"{prompt} (seed {seed})")
     total = len(combos) * len(languages) * len(seeds)
     return {"accuracy": right / total, "images": total, "misses": misses}

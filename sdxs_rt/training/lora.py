@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sdxs_rt.backends.torch.lora import (
     METADATA_KEY,
@@ -29,6 +29,7 @@ from sdxs_rt.backends.torch.lora import (
     merged_weights,
     read_lora,
 )
+from sdxs_rt.backends.torch.weights import save_safetensors_atomic
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
 from sdxs_rt.loading import WEIGHTS_STEM_DIFFUSERS, ModelFiles, resolve_model
 
@@ -102,20 +103,8 @@ def save_lora(
     (e.g. training settings), never overriding the two keys diffusers reads."""
     path = Path(path)
     header = {**(metadata or {}), **adapter_metadata(unet)}
-    _atomic_save(lora_state_dict(unet), path, header)
+    save_safetensors_atomic(lora_state_dict(unet), path, header)
     return path
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp, metadata=header)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- merged model folders
@@ -184,4 +173,4 @@ def _merge_file(weights: Path, loras: list[tuple[list[LoraLayer], float, Path]])
     state.update(merged_weights(state, loras))
     if weights.is_symlink():
         weights.unlink()  # a hub snapshot links into the cache: never write through it
-    _atomic_save(state, weights, header)
+    save_safetensors_atomic(state, weights, header)

@@ -63,10 +63,10 @@ def _parquet_sources(root: Path) -> list[ImageSource]:
     stamp = "|".join(file_identity(p) for p in sorted(_parquet_files(root)))
     sources = []
     for row, record in enumerate(dataset):
-        image = record[image_column].convert("RGB")
+        size = record[image_column].size  # no RGB copy here: `open` converts when caching
         sources.append(
             ImageSource(f"{stamp}|row {row}", str(record[caption_column] or "").strip(),
-                        image.size, _row_loader(dataset, row, image_column))
+                        size, _row_loader(dataset, row, image_column))
         )  # fmt: skip
     return sources
 

@@ -8,12 +8,14 @@ unpickle. Every architectural value comes from the config, through diffusers' `f
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError
@@ -135,3 +137,20 @@ def _check_no_meta_tensors(module: nn.Module, weights: Path) -> None:
 
 def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [*module.named_parameters(), *module.named_buffers()]
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write a safetensors file via a temp file in the same folder and os.replace: a reader
+    (or a crash) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, temp, metadata=metadata)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
