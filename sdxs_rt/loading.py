@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdxs_rt import hub
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
+from sdxs_rt.text_layout import TensorInfo, TextLayout, text_layout, unknown_config_error
 
 DEFAULT_MODEL_NAME = "demo-shapes"
 DEFAULT_IMAGE_SIZE = (576, 576)  # SDXS trains at 576 px (model card)
@@ -43,10 +45,20 @@ SUPPORTED_SCHEDULERS = frozenset(
         "DEISMultistepScheduler",
     }
 )
+# Folders of AiArtLab/sdxs that the runtime knows, used or not (the card's U-Net is unet/).
+KNOWN_FOLDERS = ("vae", "scheduler", "text_encoder", "text_projector", "tokenizer")
+# The small files read before deciding which weights to fetch from the hub.
+MODEL_CONFIG_PATTERNS = ("model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*")
+TEXT_ENCODER_PATTERNS = (
+    "*.json",
+    "*.py",
+    "*.model",
+    "*.txt",
+    f"{WEIGHTS_STEM_TRANSFORMERS}.safetensors",
+    f"{WEIGHTS_STEM_TRANSFORMERS}-*.safetensors",
+)
 UNET_REQUIRED_KEYS = ("in_channels", "out_channels", "block_out_channels", "cross_attention_dim")
 VAE_REQUIRED_KEYS = ("latent_channels", "block_out_channels", "scaling_factor")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,16 @@ class ModelFiles:
     vae_config: dict[str, Any]
     unet_weights: Path  # the one safetensors file, header-checked (hash it with model_hash)
     vae_weights: Path
+    revision: str | None = None
+    hub_id: str | None = None  # set when the model came from the hub
+    notes: tuple[str, ...] = ()  # what was chosen, skipped or not understood, one line each
+
+    @property
+    def cross_attention_dim(self) -> int | None:
+        width = self.unet_config.get("cross_attention_dim")
+        if isinstance(width, list) and len(set(width)) == 1:
+            width = width[0]
+        return int(width) if isinstance(width, int) else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,16 @@ class TextEncoderFiles:
     name: str
     config: dict[str, Any] = field(default_factory=dict)
     weights: tuple[Path, ...] = ()
+    projector_weights: tuple[Path, ...] = ()  # a separate `text_projector/` (split layout)
+    layout: TextLayout | None = None  # None: not understood natively (see layout_problem)
+    layout_problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def native_layout(self) -> TextLayout:
+        """The layout the native loader follows, or the ModelFormatError saying why not."""
+        if self.layout is None:
+            raise ModelFormatError(self.layout_problem or f"{self.dir} has no text encoder layout.")
+        return self.layout
 
 
 # --- public entry points ----------------------------------------------------------------
@@ -86,15 +118,24 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
 
 
-def resolve_model(spec: str | None, variant: str | None = None) -> ModelFiles:
-    """A model folder, a hub repo id or None (the packaged default) -> its checked files."""
+def resolve_model(
+    spec: str | None, variant: str | None = None, revision: str | None = None
+) -> ModelFiles:
+    """A model folder, a hub repo id or None (the packaged default) -> its checked files.
+    From the hub only what is used is fetched: configs first, then the chosen U-Net's weights
+    and the VAE's (never two U-Nets)."""
     if variant not in (None, "fp16"):
         raise UsageError(f"Unknown weights variant {variant!r}: expected none or 'fp16'.")
     if spec is None:
         return _resolve_model_folder(default_model_path(), DEFAULT_MODEL_NAME, variant)
-    root = _local_or_hub(spec, _model_patterns(variant), what="model")
-    name = spec if root != Path(spec).expanduser() else root.resolve().name
-    return _resolve_model_folder(root, name, variant)
+    local = hub.local_folder(spec, "model")
+    if local is not None:
+        return _resolve_model_folder(local, local.resolve().name, variant)
+    configs = hub.snapshot(spec, MODEL_CONFIG_PATTERNS, "model", revision)
+    unet_folder, _ = choose_unet_folder(configs)
+    root = hub.snapshot(spec, _weight_patterns((unet_folder, "vae"), variant), "model", revision)
+    files = _resolve_model_folder(root, spec, variant)
+    return replace(files, revision=revision, hub_id=spec)
 
 
 def native_image_size(files: ModelFiles) -> tuple[int, int]:
@@ -110,21 +151,46 @@ def native_image_size(files: ModelFiles) -> tuple[int, int]:
     return DEFAULT_IMAGE_SIZE
 
 
-def resolve_text_encoder(spec: str | None, model: ModelFiles) -> TextEncoderFiles:
-    """Explicit spec (folder or hub id) > the model's own `text_encoder/` > the card's default."""
+def resolve_text_encoder(
+    spec: str | None, model: ModelFiles, revision: str | None = None
+) -> TextEncoderFiles:
+    """Explicit spec (folder or hub id; `revision` applies to it) > the model's own
+    `text_encoder/` when it is complete for this U-Net > the model card's Mexma-SigLIP."""
     if spec is not None:
-        folder, name = _local_or_hub(spec, _text_encoder_patterns(), what="text encoder"), spec
+        folder = hub.local_or_snapshot(spec, TEXT_ENCODER_PATTERNS, "text encoder", revision)
         if not (folder / "config.json").is_file() and (folder / "text_encoder").is_dir():
             folder = folder / "text_encoder"  # a whole model folder was given
-    elif model.text_encoder_dir is not None:
-        folder, name = model.text_encoder_dir, f"{model.name}/text_encoder"
-    else:
-        folder = _hub_snapshot(DEFAULT_TEXT_ENCODER, _text_encoder_patterns(), "text encoder")
-        name = DEFAULT_TEXT_ENCODER
-    config = read_json_config(folder / "config.json")
-    tokenizer_dir = _tokenizer_dir_for(folder, model)
-    weights = tuple(weight_files(folder, WEIGHTS_STEM_TRANSFORMERS, None))
-    return TextEncoderFiles(folder, tokenizer_dir, name, config, weights)
+        return _text_encoder_files(folder, spec, model, notes=(f"text encoder: {spec} (given)",))
+    own, why_not = _own_text_encoder(model)
+    if own is not None:
+        return own
+    folder = hub.snapshot(DEFAULT_TEXT_ENCODER, TEXT_ENCODER_PATTERNS, "text encoder", None)
+    note = f"text encoder: {DEFAULT_TEXT_ENCODER} (the model card's), because {why_not}"
+    return _text_encoder_files(folder, DEFAULT_TEXT_ENCODER, model, notes=(note,))
+
+
+def check_text_width(encoder: TextEncoderFiles, model: ModelFiles) -> None:
+    """Refuse, before any weight is read, a text encoder whose vectors the U-Net cannot take."""
+    expected = model.cross_attention_dim
+    if encoder.layout is None or expected is None or encoder.layout.width == expected:
+        return
+    raise ModelFormatError(
+        f"The text encoder {encoder.name} gives {encoder.layout.width}-wide vectors but the "
+        f"U-Net in {model.unet_dir} cross-attends to {expected}-wide ones: they do not belong "
+        "together (pass --text-encoder with a matching one)."
+    )
+
+
+def tensor_table(paths: Iterable[Path]) -> dict[str, TensorInfo]:
+    """Every tensor's dtype and shape, from the safetensors headers (no tensor data read)."""
+    table: dict[str, TensorInfo] = {}
+    for path in paths:
+        header = _read_safetensors_header(Path(path), Path(path).stat().st_size)
+        for key, info in header.items():
+            if key.startswith("_") or not isinstance(info, dict):
+                continue
+            table[key] = TensorInfo(str(info.get("dtype")), tuple(info.get("shape", ())))
+    return table
 
 
 def weights_path(component_dir: Path, stem: str, variant: str | None) -> Path:
@@ -229,7 +295,8 @@ def user_cache_dir() -> Path:
 def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFiles:
     if not root.is_dir():
         raise ModelNotFoundError(f"The model folder {root} does not exist.")
-    unet_dir = _find_unet_dir(root)
+    unet_folder, unet_note = choose_unet_folder(root)
+    unet_dir = root / unet_folder
     unet_config = _component_config(unet_dir / "config.json", {"UNet2DConditionModel"})
     _require_keys(unet_dir / "config.json", unet_config, UNET_REQUIRED_KEYS)
     vae_dir = root / "vae"
@@ -250,16 +317,53 @@ def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFi
         vae_config=vae_config,
         unet_weights=weights_path(unet_dir, WEIGHTS_STEM_DIFFUSERS, variant),
         vae_weights=weights_path(vae_dir, WEIGHTS_STEM_DIFFUSERS, variant),
+        notes=(unet_note, *_unknown_folder_notes(root, unet_folder)),
     )
 
 
-def _find_unet_dir(root: Path) -> Path:
-    for folder in UNET_FOLDERS:
-        if (root / folder).is_dir():
-            return root / folder
-    raise ModelNotFoundError(
-        f"{root} has no U-Net folder: expected {root / 'unet'} (or {root / 'sdxs'})."
-    )
+def choose_unet_folder(root: Path) -> tuple[str, str]:
+    """(folder, why): the U-Net `model_index.json` names, else the card's `unet/`, else `sdxs/`
+    (a published revision kept it there). Only folders with a config.json count."""
+    present = [f for f in _unet_candidates(root) if (root / f / "config.json").is_file()]
+    indexed = [f for f in _model_index_unets(root) if f in present]
+    skipped = lambda chosen: [f for f in present if f != chosen]  # noqa: E731
+    if indexed:
+        chosen, why = indexed[0], "named by model_index.json"
+    elif present:
+        chosen = next(f for f in UNET_FOLDERS if f in present)
+        why = "the model card's folder" if chosen == "unet" else "no unet/ folder"
+    else:
+        raise ModelNotFoundError(
+            f"{root} has no U-Net folder: expected {root / 'unet'} (or {root / 'sdxs'}) "
+            "with a config.json."
+        )
+    others = skipped(chosen)
+    also = f"; not used: {', '.join(f + '/' for f in others)}" if others else ""
+    return chosen, f"U-Net: {chosen}/ ({why}){also}"
+
+
+def _unet_candidates(root: Path) -> list[str]:
+    return list(dict.fromkeys([*_model_index_unets(root), *UNET_FOLDERS]))
+
+
+def _model_index_unets(root: Path) -> list[str]:
+    """Folders model_index.json declares as a diffusers UNet2DConditionModel."""
+    path = root / "model_index.json"
+    if not path.is_file():
+        return []
+    index = read_json_config(path)
+    return [
+        key
+        for key, value in index.items()
+        if isinstance(value, list) and len(value) == 2 and value[1] == "UNet2DConditionModel"
+    ]
+
+
+def _unknown_folder_notes(root: Path, unet_folder: str) -> list[str]:
+    known = {*UNET_FOLDERS, unet_folder, *KNOWN_FOLDERS}
+    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in known)
+    unknown = [name for name in unknown if not name.startswith(".")]
+    return [f"ignored folders: {', '.join(n + '/' for n in unknown)}"] if unknown else []
 
 
 def _component_config(path: Path, expected_classes: set[str] | frozenset[str]) -> dict[str, Any]:
@@ -284,6 +388,110 @@ def _optional_dir(folder: Path, any_of: tuple[str, ...]) -> Path | None:
     return folder if any((folder / name).is_file() for name in any_of) else None
 
 
+# --- text encoders ----------------------------------------------------------------------
+
+
+def _own_text_encoder(model: ModelFiles) -> tuple[TextEncoderFiles | None, str]:
+    """The model's `text_encoder/` when it is complete for this U-Net, else (None, why not)."""
+    folder = model.text_encoder_dir
+    if folder is None:
+        return None, f"{model.name} has no text_encoder/ folder"
+    if model.hub_id is not None and not _has_safetensors(folder):
+        fetched, why_not = _fetch_own_text_encoder(model)
+        if fetched is None:
+            return None, why_not
+    note = f"text encoder: {model.name}/text_encoder (the model's own, complete for its U-Net)"
+    try:
+        files = _text_encoder_files(folder, f"{model.name}/text_encoder", model, notes=(note,))
+    except (ModelNotFoundError, ModelFormatError) as exc:
+        return None, f"its text_encoder/ is not usable ({exc})"
+    if files.layout is None:
+        return None, f"its text_encoder/ is not understood ({files.layout_problem})"
+    if model.cross_attention_dim not in (None, files.layout.width):
+        return None, (
+            f"its text_encoder/ gives {files.layout.width}-wide vectors and the U-Net takes "
+            f"{model.cross_attention_dim}"
+        )
+    return files, ""
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def _fetch_own_text_encoder(model: ModelFiles) -> tuple[Path | None, str]:
+    """Judge a hub model's text_encoder/ from its remote header; fetch it only if it fits."""
+    assert model.hub_id is not None
+    tables = []
+    for name in ("text_encoder/model.safetensors", "text_projector/model.safetensors"):
+        header = hub.remote_safetensors_header(model.hub_id, name, model.revision)
+        tables.append(
+            None
+            if header is None
+            else {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in header.tensors.items()}
+        )
+    if tables[0] is None:
+        return None, "its text_encoder/ weights are not cached and their header is unreachable"
+    config = read_json_config(model.root / "text_encoder" / "config.json")
+    try:
+        layout = text_layout(tables[0], config, f"{model.hub_id}/text_encoder")
+    except ModelFormatError as exc:
+        if tables[1] is None:
+            return None, f"its text_encoder/ is not understood ({exc})"
+        layout = text_layout(tables[0], config, f"{model.hub_id}/text_encoder", tables[1])
+    if model.cross_attention_dim not in (None, layout.width):
+        return None, (
+            f"its text_encoder/ gives {layout.width}-wide vectors and the U-Net takes "
+            f"{model.cross_attention_dim}"
+        )
+    patterns = [f"text_encoder/{p}" for p in TEXT_ENCODER_PATTERNS] + ["text_projector/*"]
+    return hub.snapshot(model.hub_id, patterns, "model", model.revision), ""
+
+
+def _text_encoder_files(
+    folder: Path, name: str, model: ModelFiles, notes: tuple[str, ...]
+) -> TextEncoderFiles:
+    config = read_json_config(folder / "config.json")
+    weights = tuple(weight_files(folder, WEIGHTS_STEM_TRANSFORMERS, None))
+    projector = _projector_weights(folder.parent / "text_projector")
+    tensors = tensor_table(weights)
+    where = str(folder)
+    layout, problem = None, None
+    try:
+        if unknown := unknown_config_error(config, str(folder / "config.json")):
+            raise unknown
+        try:
+            layout = text_layout(tensors, config, where)
+        except ModelFormatError:
+            if not projector:  # a bare XLM-R may have its projection in text_projector/
+                raise
+            layout = text_layout(tensors, config, where, projector=tensor_table(projector))
+        else:
+            projector = ()
+    except ModelFormatError as exc:
+        problem = str(exc)
+    return TextEncoderFiles(
+        dir=folder,
+        tokenizer_dir=_tokenizer_dir_for(folder, model),
+        name=name,
+        config=config,
+        weights=weights,
+        projector_weights=projector,
+        layout=layout,
+        layout_problem=problem,
+        notes=notes,
+    )
+
+
+def _projector_weights(folder: Path) -> tuple[Path, ...]:
+    if not folder.is_dir():
+        return ()
+    files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        check_safetensors(path)
+    return tuple(files)
+
+
 def _tokenizer_dir_for(text_encoder_dir: Path, model: ModelFiles) -> Path:
     if _optional_dir(text_encoder_dir, TOKENIZER_FILES):
         return text_encoder_dir
@@ -293,6 +501,18 @@ def _tokenizer_dir_for(text_encoder_dir: Path, model: ModelFiles) -> Path:
         f"No tokenizer found: neither {text_encoder_dir} nor {model.root / 'tokenizer'} "
         f"holds {' or '.join(TOKENIZER_FILES)}."
     )
+
+
+def _weight_patterns(folders: Iterable[str], variant: str | None) -> list[str]:
+    """Configs plus the asked weights variant of `folders`: never the whole repo."""
+    weights = f"{WEIGHTS_STEM_DIFFUSERS}.{variant}" if variant else WEIGHTS_STEM_DIFFUSERS
+    patterns = list(MODEL_CONFIG_PATTERNS)
+    for folder in folders:
+        patterns += [f"{folder}/{weights}.safetensors", f"{folder}/{weights}-*.safetensors"]
+        patterns.append(f"{folder}/{weights}.safetensors.index.json")
+    # The model's own text encoder: configs and tokenizer only; its weights are fetched once
+    # its header shows it fits this U-Net (see _own_text_encoder).
+    return [*patterns, "text_encoder/*.json", "text_encoder/*.model", "text_projector/*.json"]
 
 
 # --- weights ----------------------------------------------------------------------------
@@ -347,88 +567,6 @@ def _data_end(header: dict[str, Any], path: Path) -> int:
             raise ModelFormatError(f"{path} is truncated or corrupt: bad entry for tensor {key}.")
         end = max(end, int(offsets[1]))
     return end
-
-
-# --- hub --------------------------------------------------------------------------------
-
-
-def _local_or_hub(spec: str, patterns: list[str], what: str) -> Path:
-    local = Path(spec).expanduser()
-    if local.is_dir():
-        return local
-    if local.exists():
-        raise ModelFormatError(f"The {what} {spec} is a file; expected a folder or a hub repo id.")
-    if not _HUB_ID.match(spec) or ".." in spec:
-        raise ModelNotFoundError(f"The {what} folder {spec} does not exist.")
-    return _hub_snapshot(spec, patterns, what)
-
-
-def _hub_snapshot(repo_id: str, patterns: list[str], what: str) -> Path:
-    """Fetch (or, offline, find in the cache) the files we need from a hub repo."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = _hub_offline()
-    try:
-        folder = snapshot_download(
-            repo_id, allow_patterns=patterns, cache_dir=_hub_cache_dir(), local_files_only=offline
-        )
-    except GatedRepoError:
-        raise ModelNotFoundError(
-            f"The hub repo {repo_id} is gated: accept its terms and log in."
-        ) from None
-    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError):
-        raise ModelNotFoundError(
-            f"The {what} {repo_id} is neither a local folder nor a hub repo."
-        ) from None
-    except LocalEntryNotFoundError:
-        why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the hub could not be reached"
-        raise ModelNotFoundError(
-            f"The {what} {repo_id} is not a local folder and not in the hub cache "
-            f"({_hub_cache_dir() or 'default cache'}), and {why}."
-        ) from None
-    except HfHubHTTPError as exc:  # after its subclasses above: server errors, rate limits
-        raise ModelNotFoundError(f"The {what} {repo_id} could not be downloaded ({exc}).") from None
-    return Path(folder)
-
-
-def _hub_offline() -> bool:
-    # Read at call time: huggingface_hub reads its env vars once, at import.
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return value in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_cache_dir() -> str | None:
-    if cache := os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
-        return cache
-    if home := os.environ.get("HF_HOME"):
-        return str(Path(home) / "hub")
-    return None  # huggingface_hub's own default
-
-
-def _model_patterns(variant: str | None) -> list[str]:
-    """Configs, the asked weights variant and tokenizer files: never the whole repo."""
-    weights = f"{WEIGHTS_STEM_DIFFUSERS}.{variant}" if variant else WEIGHTS_STEM_DIFFUSERS
-    patterns = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*"]
-    for folder in (*UNET_FOLDERS, "vae"):
-        patterns += [f"{folder}/*.json", f"{folder}/{weights}.safetensors"]
-        patterns.append(f"{folder}/{weights}-*.safetensors")
-    patterns += [f"text_encoder/{p}" for p in _text_encoder_patterns()]
-    return patterns
-
-
-def _text_encoder_patterns() -> list[str]:
-    stem = WEIGHTS_STEM_TRANSFORMERS
-    return ["*.json", "*.py", "*.model", "*.txt", f"{stem}.safetensors", f"{stem}-*.safetensors"]
 
 
 # --- hash cache -------------------------------------------------------------------------

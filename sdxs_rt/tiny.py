@@ -35,52 +35,98 @@ TEXT_EMBED_DIM = 1152  # SigLIP-so400m width: what the SDXS U-Net cross-attends 
 LATENT_CHANNELS = 16
 TOKENIZER_MAX_LENGTH = 512
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3 as in XLM-R; <mask> comes last
-REMOTE_CODE_FILE = "modeling_mexma_siglip.py"
+REMOTE_CODE_FILE = "mexma_siglip.py"  # the name the published config's auto_map points to
+TINY_TEXT_WIDTH = 128  # two of XLM-R's 64-wide heads: the head count is derived, not stated
 
-# The remote code a hub text encoder would ship: same module layout as the Mexma-SigLIP card
-# (`text_model` + `text_projector`, `encode_texts`). Kept here so tests and builder share it.
-REMOTE_CODE_SOURCE = '''\
-"""Tiny Mexma-SigLIP-style text encoder (remote code written by sdxs_rt.tiny)."""
+# `visheratin/mexma-siglip`'s config.json, in full, at its latest revision: no dimensions.
+# The earlier revision has the same keys minus `auto_map`, with torch_dtype float32.
+MEXMA_SIGLIP_CONFIG: dict[str, Any] = {
+    "auto_map": {
+        "AutoConfig": "mexma_siglip.MexmaSigLIPConfig",
+        "AutoModel": "mexma_siglip.MexmaSigLIP",
+    },
+    "architectures": ["MexmaSigLIP"],
+    "optimized": False,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.46.3",
+}
+MEXMA_SIGLIP_EARLIER_CONFIG: dict[str, Any] = {
+    **{k: v for k, v in MEXMA_SIGLIP_CONFIG.items() if k != "auto_map"},
+    "torch_dtype": "float32",
+}
+
+# A tiny stand-in for the remote code the published repo ships (`mexma_siglip.py`). The real
+# file builds its towers from the configs of facebook/MEXMA and
+# google/siglip-so400m-patch14-384, fetched from the hub at run time; the stand-in carries tiny
+# versions of those two configs instead, so that it runs offline. Same module names
+# (`text_model`, `text_projector`, `vision_model`, `logit_scale`, `logit_bias`), same
+# `encode_texts`; like the published code (MODEL.md), it never calls `post_init()`.
+REMOTE_CODE_TEMPLATE = '''\
+"""Tiny stand-in for visheratin/mexma-siglip's remote code (written by sdxs_rt.tiny)."""
+
+import math
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel, XLMRobertaConfig, XLMRobertaModel
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    XLMRobertaConfig,
+    XLMRobertaModel,
+)
+
+# What the real code fetches from facebook/MEXMA and google/siglip-so400m-patch14-384.
+TEXT_CONFIG = __TEXT_CONFIG__
+VISION_CONFIG = __VISION_CONFIG__
+EMBED_DIM = __EMBED_DIM__
 
 
 class MexmaSigLIPConfig(PretrainedConfig):
     model_type = "mexma_siglip"
 
-    def __init__(self, text_config=None, projection_dim=1152, **kwargs):
-        self.text_config = dict(text_config or {})
-        self.projection_dim = projection_dim
+    def __init__(self, optimized=False, **kwargs):
+        self.optimized = optimized
         super().__init__(**kwargs)
 
 
 class MexmaSigLIP(PreTrainedModel):
     config_class = MexmaSigLIPConfig
-    base_model_prefix = "mexma_siglip"
 
     def __init__(self, config):
         super().__init__(config)
-        text_config = XLMRobertaConfig(**config.text_config)
+        text_config = XLMRobertaConfig(**TEXT_CONFIG)
         self.text_model = XLMRobertaModel(text_config, add_pooling_layer=False)
-        self.text_projector = nn.Linear(
-            text_config.hidden_size, config.projection_dim, bias=False
-        )
-        self.post_init()
+        self.text_projector = nn.Linear(text_config.hidden_size, EMBED_DIM, bias=False)
+        vision_config = SiglipVisionConfig(**VISION_CONFIG)
+        self.vision_model = SiglipVisionModel(vision_config).vision_model
+        self.logit_scale = nn.Parameter(torch.ones([1]) * math.log(10))
+        self.logit_bias = nn.Parameter(torch.ones([1]) * -10)
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            module.weight.data.normal_(mean=0.0, std=0.02)
+    def encode_images(self, pixel_values, normalize=False):
+        features = self.vision_model(pixel_values).pooler_output
+        if normalize:
+            features = features / features.norm(p=2, dim=-1, keepdim=True)
+        return features
 
     def encode_texts(self, input_ids, attention_mask, normalize=False):
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = hidden.last_hidden_state[:, 0]  # CLS pooling
-        embeds = self.text_projector(pooled)
+        features = self.text_projector(hidden.last_hidden_state[:, 0])  # CLS pooling
         if normalize:
-            embeds = embeds / embeds.norm(p=2, dim=-1, keepdim=True)
-        return embeds
+            features = features / features.norm(p=2, dim=-1, keepdim=True)
+        return features
 '''
+
+
+def remote_code_source(text_config: dict[str, Any], vision_config: dict[str, Any]) -> str:
+    """The stand-in remote code, with the tower configs it would have fetched."""
+    return (
+        REMOTE_CODE_TEMPLATE.replace("__TEXT_CONFIG__", repr(text_config))
+        .replace("__VISION_CONFIG__", repr(vision_config))
+        .replace("__EMBED_DIM__", str(TEXT_EMBED_DIM))
+    )
+
 
 # English and Russian captions about shapes and colours: the tokenizer's whole world.
 CAPTIONS = (
@@ -198,17 +244,18 @@ def write_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
 
 
 def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
-    """A tiny XLM-R config (the Mexma-SigLIP text tower) as a plain dict."""
+    """A tiny XLM-R config (the Mexma-SigLIP text tower) as a plain dict; 64-wide heads, as
+    the native loader derives them for a config that states no dimensions."""
     from transformers import XLMRobertaConfig
 
     values: dict[str, Any] = {
-        "hidden_size": 32,
+        "hidden_size": TINY_TEXT_WIDTH,
         "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
+        "intermediate_size": 2 * TINY_TEXT_WIDTH,
         "initializer_range": 0.2,  # wider than 0.02 so the CLS vector depends on the prompt
         **overrides,
     }
+    values.setdefault("num_attention_heads", values["hidden_size"] // 64)
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
         max_position_embeddings=514,
@@ -217,6 +264,8 @@ def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
         **values,
     )
     data = config.to_diff_dict()
@@ -224,7 +273,39 @@ def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
     return data
 
 
+def vision_config() -> dict[str, Any]:
+    """A tiny SigLIP vision tower (the published file holds so400m-patch14-384)."""
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "image_size": 28,
+        "patch_size": 14,
+        "num_channels": 3,
+        "layer_norm_eps": 1e-6,
+    }
+
+
+def _preprocessor_config(vision: dict[str, Any]) -> dict[str, Any]:
+    """SiglipImageProcessor's settings as google/siglip-so400m ships them, at the tiny size."""
+    size = vision["image_size"]
+    return {
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor",
+        "image_std": [0.5, 0.5, 0.5],
+        "processor_class": "SiglipProcessor",
+        "resample": 3,
+        "rescale_factor": 1 / 255,
+        "size": {"height": size, "width": size},
+    }
+
+
 def _text_encoder_tensors(text_config: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """`text_model.*` + `text_projector.weight`: the text path of the published file."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     with _seeded(seed):
@@ -236,11 +317,52 @@ def _text_encoder_tensors(text_config: dict[str, Any], seed: int) -> dict[str, t
     return tensors
 
 
+def _vision_tensors(vision: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
+    """`vision_model.*`, `logit_scale`, `logit_bias`: the rest of the published file."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    with _seeded(seed):
+        tower = SiglipVisionModel(SiglipVisionConfig(**vision)).vision_model
+    _perturb_zero_tensors(tower, seed)
+    tensors = {f"vision_model.{k}": v for k, v in tower.state_dict().items()}
+    tensors["logit_scale"] = torch.ones(1) * math.log(10)
+    tensors["logit_bias"] = torch.ones(1) * -10
+    return tensors
+
+
 def write_text_encoder(folder: Path, tokenizer: Tokenizer, seed: int, remote_code: bool) -> None:
-    """Mexma-SigLIP layout: nested XLM-R `text_config`, `text_model.*` + `text_projector`."""
+    """A tiny text encoder in the published Mexma-SigLIP layout (see write_mexma_siglip)."""
     config = text_config(tokenizer.get_vocab_size())
-    tensors = _text_encoder_tensors(config, seed)
-    write_text_encoder_files(folder, tokenizer, config, tensors, remote_code)
+    write_mexma_siglip(folder, tokenizer, config, _text_encoder_tensors(config, seed), remote_code)
+
+
+def write_mexma_siglip(
+    folder: Path,
+    tokenizer: Tokenizer,
+    text_config: dict[str, Any],
+    text_tensors: dict[str, torch.Tensor],
+    remote_code: bool = True,
+) -> None:
+    """The files of `visheratin/mexma-siglip` as published: config.json without dimensions,
+    ONE float32 model.safetensors (text tower + projector + vision tower + logit scale/bias),
+    tokenizer.json and its sidecars (no sentencepiece model), preprocessor_config.json and,
+    with `remote_code`, the latest revision's auto_map + the stand-in `mexma_siglip.py`
+    (without: the earlier revision's config)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vision = vision_config()
+    tensors = {**text_tensors, **_vision_tensors(vision, _vision_seed(text_tensors))}
+    config = MEXMA_SIGLIP_CONFIG if remote_code else MEXMA_SIGLIP_EARLIER_CONFIG
+    if remote_code:
+        (folder / REMOTE_CODE_FILE).write_text(remote_code_source(text_config, vision))
+    write_json(folder / "config.json", config)
+    save_tensors({k: v.float() for k, v in tensors.items()}, folder / "model.safetensors")
+    write_tokenizer(tokenizer, folder)  # the card loads tokenizer and model from one folder
+    write_json(folder / "preprocessor_config.json", _preprocessor_config(vision))
+
+
+def _vision_seed(text_tensors: dict[str, torch.Tensor]) -> int:
+    """A seed tied to the text weights, so one text encoder always gets the same vision tower."""
+    return int(text_tensors["text_projector.weight"].flatten()[0].abs().item() * 1e6) % 2**31
 
 
 def write_text_encoder_files(
@@ -248,9 +370,9 @@ def write_text_encoder_files(
     tokenizer: Tokenizer,
     text_config: dict[str, Any],
     tensors: dict[str, torch.Tensor],
-    remote_code: bool = False,
 ) -> None:
-    """Write given text-encoder weights (`text_model.*`, `text_projector.weight`) and configs."""
+    """The demo model's text encoder: text weights only, with a config that states the XLM-R
+    dimensions (`text_config`). Not a published layout; sdxs-rt reads it for its own model."""
     folder.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "architectures": ["MexmaSigLIP"],
@@ -260,16 +382,9 @@ def write_text_encoder_files(
         "text_config": text_config,
         "torch_dtype": "float32",
     }
-    if remote_code:
-        module = REMOTE_CODE_FILE.removesuffix(".py")
-        config["auto_map"] = {
-            "AutoConfig": f"{module}.MexmaSigLIPConfig",
-            "AutoModel": f"{module}.MexmaSigLIP",
-        }
-        (folder / REMOTE_CODE_FILE).write_text(REMOTE_CODE_SOURCE)
     write_json(folder / "config.json", config)
     save_tensors(tensors, folder / "model.safetensors")
-    write_tokenizer(tokenizer, folder)  # the card loads tokenizer and model from one folder
+    write_tokenizer(tokenizer, folder)
 
 
 # --- diffusers components ---------------------------------------------------------------
@@ -352,11 +467,16 @@ def _write_diffusers_model(model: Any, folder: Path, variant: str | None, seed: 
     save_tensors(tensors, folder / f"{stem}.safetensors")
 
 
-def write_unet(folder: Path, seed: int, variant: str | None) -> None:
+def write_unet(
+    folder: Path, seed: int, variant: str | None, widths: list[int] | None = None
+) -> None:
     from diffusers import UNet2DConditionModel
 
+    kwargs = unet_kwargs()
+    if widths is not None:
+        kwargs["block_out_channels"] = widths
     with _seeded(seed):
-        unet = UNet2DConditionModel(**unet_kwargs())
+        unet = UNet2DConditionModel(**kwargs)
     _write_diffusers_model(unet, folder, variant, seed)
 
 
@@ -395,14 +515,22 @@ def build_tiny_model(
     latent_norm: Literal["shift", "mean_std"] = "shift",
     scheduler_overrides: dict[str, Any] | None = None,
     remote_code: bool = False,
+    second_unet: bool = True,
 ) -> Path:
-    """Write a tiny SDXS-format model to `out_dir` and return its path."""
+    """Write a tiny SDXS-format model to `out_dir` and return its path.
+
+    As `AiArtLab/sdxs` is published: model_index.json naming `unet/`, and beside it a second,
+    different U-Net in `sdxs/` (with `second_unet`; unused, so a loader that took it would
+    give other images). The text encoder in `text_encoder/` has the published Mexma-SigLIP
+    layout (`remote_code`: with the latest revision's auto_map and the stand-in code)."""
     if unet_folder not in ("unet", "sdxs"):
         raise ValueError(f"unet_folder must be 'unet' or 'sdxs', not {unet_folder!r}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     # Distinct seeds per component: changing one component never reshuffles another.
     write_unet(root / unet_folder, seed * 10 + 1, variant)
+    if second_unet and unet_folder == "unet":
+        write_unet(root / "sdxs", seed * 10 + 4, variant, widths=[8, 16, 24, 24])
     write_vae(root / "vae", seed * 10 + 2, variant, latent_norm)
     (root / "scheduler").mkdir(exist_ok=True)
     write_json(root / "scheduler" / "scheduler_config.json", scheduler_config(scheduler_overrides))
@@ -410,6 +538,15 @@ def build_tiny_model(
     write_text_encoder(root / "text_encoder", tokenizer, seed * 10 + 3, remote_code)
     write_tokenizer(tokenizer, root / "tokenizer")
     write_json(root / "model_index.json", model_index(unet_folder))
+    return root
+
+
+def build_tiny_text_encoder(
+    out_dir: str | Path, *, seed: int = 3, remote_code: bool = True
+) -> Path:
+    """A tiny stand-in for the `visheratin/mexma-siglip` repo (the card's text encoder)."""
+    root = Path(out_dir)
+    write_text_encoder(root, build_tokenizer(), seed, remote_code)
     return root
 
 

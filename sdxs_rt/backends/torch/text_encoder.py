@@ -4,7 +4,8 @@ Two ways to load the same checkpoint:
 - `RemoteCodeTextEncoder`: the model card's way (`AutoModel(..., trust_remote_code=True)` and
   its `encode_texts`). Runs code shipped with the checkpoint, so only on explicit opt-in.
 - `NativeTextEncoder`: no remote code. XLM-RoBERTa from transformers plus the projection found
-  in the safetensors file, CLS pooling. Refuses a layout it does not recognise.
+  in the safetensors file, CLS pooling, dimensions from the tensor shapes. Refuses a layout it
+  does not recognise, naming what it found.
 
 Both tokenize without padding to 512 (MODEL.md, fact 2: with an attention mask the CLS vector
 is the same, and 20x cheaper); `pad_to_max_length=True` reproduces the card for comparisons.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,12 +23,9 @@ from torch import nn
 
 from sdxs_rt.errors import ModelFormatError
 from sdxs_rt.loading import TextEncoderFiles
+from sdxs_rt.text_layout import TOWER_PARTS, TOWER_UNUSED, TextLayout
 
 MAX_TOKENS = 512  # the card truncates at 512; XLM-R has 514 positions (2 are offsets)
-TOWER_MARKER = "embeddings.word_embeddings.weight"
-PROJECTION_NAMES = ("text_projector", "text_projection")
-IGNORED_TOWER_KEYS = ("pooler.", "embeddings.position_ids")  # unused / non-persistent buffer
-XLM_R_TYPES = ("xlm-roberta", None)
 
 
 class PooledTextEncoder:
@@ -98,7 +97,10 @@ class RemoteCodeTextEncoder(PooledTextEncoder):
 
 
 class NativeTextEncoder(PooledTextEncoder):
-    """XLM-RoBERTa tower + linear projection, CLS pooling; no code from the checkpoint."""
+    """XLM-RoBERTa tower + linear projection, CLS pooling; no code from the checkpoint.
+
+    Dimensions come from the tensor shapes (`sdxs_rt.text_layout`): the published config has
+    none. Only the text tensors are read; a vision tower in the same file stays on disk."""
 
     tower: nn.Module
     projection: nn.Linear
@@ -111,11 +113,10 @@ class NativeTextEncoder(PooledTextEncoder):
         dtype: torch.dtype,
         pad_to_max_length: bool = False,
     ) -> NativeTextEncoder:
-        text_config = xlm_roberta_config(files)
-        tower_prefix, projection_name = find_layout(files, _all_keys(files))
+        layout = files.native_layout()
         encoder = cls(load_tokenizer(files), torch.device(device), dtype, pad_to_max_length)
-        encoder.tower = _load_tower(files, text_config, tower_prefix)
-        encoder.projection = _load_projection(files, projection_name)
+        encoder.tower = _load_tower(files, layout)
+        encoder.projection = _load_projection(files, layout)
         encoder.tower.to(encoder.device, dtype).eval()
         encoder.projection.to(encoder.device, dtype).eval()
         encoder.width = encoder.projection.out_features
@@ -186,55 +187,13 @@ def _first_line(exc: BaseException) -> str:
 # --- native layout ----------------------------------------------------------------------
 
 
-def xlm_roberta_config(files: TextEncoderFiles) -> dict[str, Any]:
-    """The XLM-R config: nested `text_config` (Mexma-SigLIP) or the top-level config itself."""
-    config = files.config
-    nested = config.get("text_config")
-    candidate = nested if isinstance(nested, dict) else config
-    if candidate.get("model_type") in XLM_R_TYPES and "hidden_size" in candidate:
-        return {k: v for k, v in candidate.items() if k != "model_type"}
-    raise ModelFormatError(
-        f"{files.dir / 'config.json'} describes a text encoder the native loader does not know "
-        f"(model_type {config.get('model_type')!r}, architectures {config.get('architectures')}, "
-        f"text model_type {candidate.get('model_type')!r}); expected an XLM-RoBERTa text tower "
-        "(use --trust-remote-code to run the checkpoint's own code)."
-    )
-
-
-def find_layout(files: TextEncoderFiles, keys: list[str]) -> tuple[str, str]:
-    """(tower key prefix, projection module name), or ModelFormatError naming what is there."""
-    tower_prefixes = sorted(
-        {k[: -len(TOWER_MARKER)] for k in keys if k.endswith(TOWER_MARKER)}
-        - {"vision_model."}  # a vision tower is never the text tower
-    )
-    projections = [name for name in PROJECTION_NAMES if f"{name}.weight" in keys]
-    if len(tower_prefixes) == 1 and len(projections) == 1:
-        return tower_prefixes[0], projections[0]
-    top_level = sorted({k.split(".", 1)[0] for k in keys})
-    raise ModelFormatError(
-        f"The weights in {files.dir} have a layout the native text encoder does not recognise "
-        f"(top-level names: {', '.join(top_level[:12]) or 'none'}; model_type "
-        f"{files.config.get('model_type')!r}, architectures {files.config.get('architectures')}); "
-        "expected an XLM-R tower (e.g. text_model.*) and text_projector.weight."
-    )
-
-
-def _all_keys(files: TextEncoderFiles) -> list[str]:
-    from safetensors import safe_open
-
-    keys: list[str] = []
-    for path in files.weights:
-        with safe_open(str(path), framework="pt") as handle:
-            keys.extend(handle.keys())
-    return keys
-
-
-def _read_tensors(files: TextEncoderFiles, prefix: str) -> dict[str, torch.Tensor]:
-    """Tensors under `prefix` (prefix stripped), read lazily: a vision tower is never loaded."""
+def _read_tensors(paths: tuple[Path, ...], prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors under `prefix` (prefix stripped), read lazily: a vision tower is never loaded.
+    They keep the file's dtype (float32 in the published file, whatever its config says)."""
     from safetensors import safe_open
 
     tensors: dict[str, torch.Tensor] = {}
-    for path in files.weights:
+    for path in paths:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             for key in list(handle.keys()):  # safe_open handles are not iterable
                 if key.startswith(prefix):
@@ -242,18 +201,19 @@ def _read_tensors(files: TextEncoderFiles, prefix: str) -> dict[str, torch.Tenso
     return tensors
 
 
-def _load_tower(files: TextEncoderFiles, text_config: dict[str, Any], prefix: str) -> nn.Module:
+def _load_tower(files: TextEncoderFiles, layout: TextLayout) -> nn.Module:
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
-    tower = XLMRobertaModel(XLMRobertaConfig(**text_config), add_pooling_layer=False)
+    config = {k: v for k, v in layout.tower_config.items() if k != "model_type"}
+    tower = XLMRobertaModel(XLMRobertaConfig(**config), add_pooling_layer=False)
     state = {
         k: v
-        for k, v in _read_tensors(files, prefix).items()
-        if not k.startswith(IGNORED_TOWER_KEYS)
+        for k, v in _read_tensors(files.weights, layout.tower_prefix).items()
+        if k.startswith(TOWER_PARTS) and not k.startswith(TOWER_UNUSED)
     }
-    if prefix == "":  # a bare XLM-R checkpoint: projection (and more) sit beside the tower
-        state = {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder."))}
-    where = f"The text tower weights in {files.dir} (under {prefix or 'the top level'!r})"
+    where = (
+        f"The text tower weights in {files.dir} (under {layout.tower_prefix or 'the top level'!r})"
+    )
     try:
         result = tower.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches: the torch message lists them, one a line
@@ -261,7 +221,7 @@ def _load_tower(files: TextEncoderFiles, text_config: dict[str, Any], prefix: st
         raise ModelFormatError(f"{where} do not match its config: {details}") from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelFormatError(
-            f"{where} do not match its config: missing {_few(result.missing_keys)}, "
+            f"{where} are incomplete: missing {_few(result.missing_keys)}, "
             f"unexpected {_few(result.unexpected_keys)}."
         )
     return tower
@@ -274,11 +234,10 @@ def _few(keys: list[str], limit: int = 4) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def _load_projection(files: TextEncoderFiles, name: str) -> nn.Linear:
-    tensors = _read_tensors(files, f"{name}.")
+def _load_projection(files: TextEncoderFiles, layout: TextLayout) -> nn.Linear:
+    paths = files.projector_weights or files.weights
+    tensors = _read_tensors(paths, layout.projection)
     weight, bias = tensors["weight"], tensors.get("bias")
-    if weight.ndim != 2:
-        raise ModelFormatError(f"{name}.weight in {files.dir} should be 2-D, not {weight.ndim}-D.")
     projection = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
         projection.weight.copy_(weight)
