@@ -45,7 +45,8 @@ def test_image_is_the_same_alone_or_in_a_batch(scheduler: str) -> None:
     assert batched.seeds == [10, 11, 12]
     for offset, image in enumerate(pixels(batched)):
         alone = pipe("a cat", seed=10 + offset, scheduler=scheduler, **SMALL)
-        np.testing.assert_array_equal(pixels(alone)[0], image)
+        # another batch size may take another BLAS kernel: one level at a rounding boundary
+        assert np.abs(pixels(alone)[0] - image).max() <= 1
 
 
 def test_same_seed_same_image_and_different_seed_differs() -> None:

@@ -172,7 +172,8 @@ def test_ema_with_decay_zero_saves_the_trained_weights(
     assert plain_run.model_dir is not None and ema.model_dir is not None
     torch.testing.assert_close(_unet_state(ema.model_dir), _unet_state(plain_run.model_dir))
     slow = _train({**values, "output_dir": str(tmp_path / "slow"), "ema": True, "ema_decay": 0.5})
-    assert slow.losses == ema.losses  # the average never feeds back into training
+    # the average never feeds back into training (two runs: equal up to kernel rounding)
+    torch.testing.assert_close(slow.losses, ema.losses, rtol=1e-5, atol=1e-6)
     assert slow.model_dir is not None
     trained, averaged = _unet_state(ema.model_dir), _unet_state(slow.model_dir)
     assert any(not torch.equal(trained[k], averaged[k]) for k in trained)
@@ -183,7 +184,7 @@ def test_min_snr_weighting(
 ) -> None:
     values = _settings(tiny_model, dataset, tmp_path / "a", cache_dir=small_cache, max_steps=1)
     unclipped = _train({**values, "min_snr_gamma": 1e9})  # eps weights min(snr, g)/snr = 1
-    assert unclipped.losses[0] == pytest.approx(plain_run.losses[0], rel=1e-6)
+    assert unclipped.losses[0] == pytest.approx(plain_run.losses[0], rel=1e-5)  # two runs
     clipped = _train({**values, "output_dir": str(tmp_path / "b"), "min_snr_gamma": 0.01})
     assert clipped.losses[0] < 0.9 * plain_run.losses[0]  # weights < 1 where snr > 0.01
 
