@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sdxs_rt.errors import ModelFormatError
+
 if TYPE_CHECKING:  # annotations only: the CLI's help path must not import numpy
     import numpy as np
 
@@ -64,6 +66,53 @@ class LatentScaling:
     scaling_factor: float = 1.0
     mean: tuple[float, ...] | float = 0.0
     std: tuple[float, ...] | float = 1.0
+
+
+# What AutoencoderKL (and so the model card's `vae.config.scaling_factor`) uses when the
+# config file does not say.
+DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215
+CARD_DECODE_NOTE = (
+    "the VAE config also carries latents_mean/latents_std; sdxs-rt follows the model card, "
+    "which decodes with scaling_factor and shift_factor only"
+)
+
+
+def latent_scaling_from_config(vae_config: dict[str, Any], latent_channels: int) -> LatentScaling:
+    """How the U-Net's latents map to the VAE's, as the VAE config says.
+
+    `scaling_factor` + `shift_factor` (the model card's decode: z / scaling + shift), or, when
+    there is no shift_factor, per-channel `latents_mean` / `latents_std` (diffusers' SDXL
+    convention: z * std / scaling + mean). With both, the card wins (see latent_scaling_note).
+    """
+    scaling = vae_config.get("scaling_factor")
+    scaling = DIFFUSERS_DEFAULT_SCALING_FACTOR if scaling is None else float(scaling)
+    if not scaling > 0:
+        raise ModelFormatError(f"the VAE config has scaling_factor {scaling}; it must be positive")
+    shift = vae_config.get("shift_factor")
+    mean, std = vae_config.get("latents_mean"), vae_config.get("latents_std")
+    if shift is not None or (mean is None and std is None):
+        return LatentScaling(scaling_factor=scaling, mean=float(shift or 0.0), std=1.0)
+    if mean is None or std is None:
+        raise ModelFormatError("the VAE config gives only one of latents_mean and latents_std")
+    return LatentScaling(
+        scaling_factor=scaling,
+        mean=_per_channel("latents_mean", mean, latent_channels),
+        std=_per_channel("latents_std", std, latent_channels),
+    )
+
+
+def latent_scaling_note(vae_config: dict[str, Any]) -> str | None:
+    """Said at load and in `check` when the config offers both conventions."""
+    has_stats = vae_config.get("latents_mean") is not None or vae_config.get("latents_std")
+    return CARD_DECODE_NOTE if has_stats and vae_config.get("shift_factor") is not None else None
+
+
+def _per_channel(name: str, values: Any, channels: int) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or len(values) != channels:
+        raise ModelFormatError(
+            f"the VAE config's {name} must list {channels} numbers, one per latent channel"
+        )
+    return tuple(float(v) for v in values)
 
 
 @dataclass

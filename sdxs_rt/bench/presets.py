@@ -41,10 +41,10 @@ SMALL_TEXT_TOWER = {
     "vocab_size": None,  # None: the tokenizer's vocabulary size
 }
 TINY_TEXT_TOWER = {
-    "hidden_size": 32,
+    "hidden_size": 128,  # tiny.TINY_TEXT_WIDTH: heads are 64 wide, as the native loader derives
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
-    "intermediate_size": 64,
+    "intermediate_size": 256,
     "vocab_size": None,
 }
 
@@ -158,12 +158,13 @@ def text_config(preset: Preset, tokenizer_vocab: int) -> dict[str, Any]:
 
 
 def _write_text_encoder(folder: Path, preset: Preset, tokenizer: Any, seed: int) -> None:
-    """As `tiny.write_text_encoder(remote_code=True)`, with the preset's tower shape."""
+    """As `tiny.write_text_encoder(remote_code=True)` (the published Mexma-SigLIP layout), with
+    the preset's text tower shape; the vision tower stays tiny (the text path never reads it)."""
     config_text = text_config(preset, tokenizer.get_vocab_size())
     tensors = tiny._text_encoder_tensors(config_text, seed)
     # keep the projected vector at the tiny model's scale whatever the tower width
-    tensors["text_projector.weight"] *= (32 / config_text["hidden_size"]) ** 0.5
-    tiny.write_text_encoder_files(folder, tokenizer, config_text, tensors, remote_code=True)
+    tensors["text_projector.weight"] *= (tiny.TINY_TEXT_WIDTH / config_text["hidden_size"]) ** 0.5
+    tiny.write_mexma_siglip(folder, tokenizer, config_text, tensors, remote_code=True)
 
 
 def build_preset_model(preset: Preset, root: Path, seed: int = 0) -> Path:

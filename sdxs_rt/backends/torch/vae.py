@@ -15,14 +15,12 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from sdxs_rt.backends.torch.weights import load_diffusers_module, read_config
-from sdxs_rt.components import LatentScaling
-from sdxs_rt.errors import ModelFormatError, OutOfMemoryError, SdxsError
+from sdxs_rt.components import latent_scaling_from_config
+from sdxs_rt.errors import OutOfMemoryError, SdxsError
 
 logger = logging.getLogger(__name__)
 
-# What AutoencoderKL (and so the model card's `vae.config.scaling_factor`) uses when the
-# config file does not say.
-DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215
+__all__ = ["TorchVAEDecoder", "VAEDecodeError", "latent_scaling_from_config"]
 
 
 class VAEDecodeError(SdxsError):
@@ -130,39 +128,3 @@ def _release_cached_memory(device: torch.device) -> None:
 
 def _all_finite(images: torch.Tensor) -> bool:
     return bool(torch.isfinite(images).all())
-
-
-def latent_scaling_from_config(vae_config: dict[str, Any], latent_channels: int) -> LatentScaling:
-    """How the U-Net's latents map to the VAE's, as the VAE config says.
-
-    `scaling_factor` + `shift_factor` (the model card: z / scaling + shift), or per-channel
-    `latents_mean` / `latents_std` (diffusers' SDXL convention: z * std / scaling + mean).
-    """
-    scaling = vae_config.get("scaling_factor")
-    scaling = DIFFUSERS_DEFAULT_SCALING_FACTOR if scaling is None else float(scaling)
-    if not scaling > 0:
-        raise ModelFormatError(f"the VAE config has scaling_factor {scaling}; it must be positive")
-    shift = float(vae_config.get("shift_factor") or 0.0)
-    mean, std = vae_config.get("latents_mean"), vae_config.get("latents_std")
-    if mean is None and std is None:
-        return LatentScaling(scaling_factor=scaling, mean=shift, std=1.0)
-    if mean is None or std is None:
-        raise ModelFormatError("the VAE config gives only one of latents_mean and latents_std")
-    if shift != 0.0:
-        raise ModelFormatError(
-            "the VAE config gives both shift_factor and latents_mean/latents_std; "
-            "sdxs-rt does not know which convention applies"
-        )
-    return LatentScaling(
-        scaling_factor=scaling,
-        mean=_per_channel("latents_mean", mean, latent_channels),
-        std=_per_channel("latents_std", std, latent_channels),
-    )
-
-
-def _per_channel(name: str, values: Any, channels: int) -> tuple[float, ...]:
-    if not isinstance(values, (list, tuple)) or len(values) != channels:
-        raise ModelFormatError(
-            f"the VAE config's {name} must list {channels} numbers, one per latent channel"
-        )
-    return tuple(float(v) for v in values)
