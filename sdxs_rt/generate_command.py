@@ -229,6 +229,8 @@ def run_generate(
         j.params.num_inference_steps * -(-j.params.num_images // j.params.batch_size) for j in jobs
     )
     reporter = Reporter(args, total_steps)
+    for line in pipe.components.info.get("skipped", ()):  # parts of the model left aside
+        reporter.log(f"note: {line}")
     try:
         for job in jobs:
             reporter.log(f"prompt {shorten(job.params.prompt)!r}, seeds from {job.params.seed}")

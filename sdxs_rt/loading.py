@@ -79,7 +79,8 @@ class ModelFiles:
     vae_weights: Path
     revision: str | None = None
     hub_id: str | None = None  # set when the model came from the hub
-    notes: tuple[str, ...] = ()  # what was chosen, skipped or not understood, one line each
+    notes: tuple[str, ...] = ()  # what was chosen and why, one line each
+    skipped: tuple[str, ...] = ()  # what is there but not used or not understood (said at load)
 
     @property
     def cross_attention_dim(self) -> int | None:
@@ -102,6 +103,7 @@ class TextEncoderFiles:
     layout: TextLayout | None = None  # None: not understood natively (see layout_problem)
     layout_problem: str | None = None
     notes: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     def native_layout(self) -> TextLayout:
         """The layout the native loader follows, or the ModelFormatError saying why not."""
@@ -132,7 +134,7 @@ def resolve_model(
     if local is not None:
         return _resolve_model_folder(local, local.resolve().name, variant)
     configs = hub.snapshot(spec, MODEL_CONFIG_PATTERNS, "model", revision)
-    unet_folder, _ = choose_unet_folder(configs)
+    unet_folder, _, _ = choose_unet_folder(configs)
     root = hub.snapshot(spec, _weight_patterns((unet_folder, "vae"), variant), "model", revision)
     files = _resolve_model_folder(root, spec, variant)
     return replace(files, revision=revision, hub_id=spec)
@@ -165,8 +167,10 @@ def resolve_text_encoder(
     if own is not None:
         return own
     folder = hub.snapshot(DEFAULT_TEXT_ENCODER, TEXT_ENCODER_PATTERNS, "text encoder", None)
-    note = f"text encoder: {DEFAULT_TEXT_ENCODER} (the model card's), because {why_not}"
-    return _text_encoder_files(folder, DEFAULT_TEXT_ENCODER, model, notes=(note,))
+    note = f"text encoder: {DEFAULT_TEXT_ENCODER} (the model card's)"
+    files = _text_encoder_files(folder, DEFAULT_TEXT_ENCODER, model, notes=(note,))
+    skipped = () if model.text_encoder_dir is None else (f"text_encoder/ not used: {why_not}",)
+    return replace(files, skipped=skipped)
 
 
 def check_text_width(encoder: TextEncoderFiles, model: ModelFiles) -> None:
@@ -295,7 +299,7 @@ def user_cache_dir() -> Path:
 def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFiles:
     if not root.is_dir():
         raise ModelNotFoundError(f"The model folder {root} does not exist.")
-    unet_folder, unet_note = choose_unet_folder(root)
+    unet_folder, unet_note, unused_unets = choose_unet_folder(root)
     unet_dir = root / unet_folder
     unet_config = _component_config(unet_dir / "config.json", {"UNet2DConditionModel"})
     _require_keys(unet_dir / "config.json", unet_config, UNET_REQUIRED_KEYS)
@@ -317,16 +321,17 @@ def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFi
         vae_config=vae_config,
         unet_weights=weights_path(unet_dir, WEIGHTS_STEM_DIFFUSERS, variant),
         vae_weights=weights_path(vae_dir, WEIGHTS_STEM_DIFFUSERS, variant),
-        notes=(unet_note, *_unknown_folder_notes(root, unet_folder)),
+        notes=(unet_note,),
+        skipped=(*unused_unets, *_unknown_folder_notes(root, unet_folder)),
     )
 
 
-def choose_unet_folder(root: Path) -> tuple[str, str]:
-    """(folder, why): the U-Net `model_index.json` names, else the card's `unet/`, else `sdxs/`
-    (a published revision kept it there). Only folders with a config.json count."""
+def choose_unet_folder(root: Path) -> tuple[str, str, list[str]]:
+    """(folder, why, lines naming the U-Net folders left aside): the U-Net `model_index.json`
+    names, else the card's `unet/`, else `sdxs/` (a published revision kept it there). Only
+    folders with a config.json count."""
     present = [f for f in _unet_candidates(root) if (root / f / "config.json").is_file()]
     indexed = [f for f in _model_index_unets(root) if f in present]
-    skipped = lambda chosen: [f for f in present if f != chosen]  # noqa: E731
     if indexed:
         chosen, why = indexed[0], "named by model_index.json"
     elif present:
@@ -337,9 +342,8 @@ def choose_unet_folder(root: Path) -> tuple[str, str]:
             f"{root} has no U-Net folder: expected {root / 'unet'} (or {root / 'sdxs'}) "
             "with a config.json."
         )
-    others = skipped(chosen)
-    also = f"; not used: {', '.join(f + '/' for f in others)}" if others else ""
-    return chosen, f"U-Net: {chosen}/ ({why}){also}"
+    unused = [f"{f}/: another U-Net, not used ({chosen}/ is)" for f in present if f != chosen]
+    return chosen, f"U-Net: {chosen}/ ({why})", unused
 
 
 def _unet_candidates(root: Path) -> list[str]:

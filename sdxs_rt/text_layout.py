@@ -49,6 +49,25 @@ CONTRASTIVE_HEAD = ("logit_scale", "logit_bias")  # SigLIP's loss parameters: un
 TOWER_PARTS = ("embeddings.", "encoder.")
 TOWER_UNUSED = ("pooler.", "embeddings.position_ids")  # XLM-R's pooler; a legacy buffer
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
+# What every XLM-R layer holds (weight and bias each): checked in the header, so a damaged
+# file is named before anything loads.
+LAYER_MODULES = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "attention.output.LayerNorm",
+    "intermediate.dense",
+    "output.dense",
+    "output.LayerNorm",
+)
+EMBEDDING_TENSORS = (
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight",
+    "embeddings.LayerNorm.bias",
+)
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,7 @@ def derive_xlm_r_config(tower: Mapping[str, TensorInfo], where: str) -> dict[str
         raise ModelFormatError(f"The text tower in {where} lacks {', '.join(missing)}.")
     vocab, hidden = tower[needed["word"]].shape
     layers = 1 + max(int(m.group(1)) for k in tower if (m := _LAYER.match(k)))
+    _require_complete_tower(tower, layers, where)
     if hidden % XLM_R_HEAD_WIDTH:
         raise ModelFormatError(
             f"The text tower in {where} is {hidden} wide, not a multiple of XLM-R's "
@@ -158,6 +178,24 @@ def derive_xlm_r_config(tower: Mapping[str, TensorInfo], where: str) -> dict[str
         "max_position_embeddings": tower[needed["positions"]].shape[0],
         "type_vocab_size": tower[needed["types"]].shape[0],
     }
+
+
+def _require_complete_tower(tower: Mapping[str, TensorInfo], layers: int, where: str) -> None:
+    expected = [
+        *EMBEDDING_TENSORS,
+        *(
+            f"encoder.layer.{i}.{module}.{kind}"
+            for i in range(layers)
+            for module in LAYER_MODULES
+            for kind in ("weight", "bias")
+        ),
+    ]
+    missing = [name for name in expected if name not in tower]
+    if missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise ModelFormatError(
+            f"The text tower in {where} ({layers} layers) lacks {', '.join(missing[:4])}{more}."
+        )
 
 
 def stated_xlm_r_config(config: Mapping[str, Any]) -> dict[str, Any] | None:

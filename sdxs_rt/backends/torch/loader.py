@@ -19,11 +19,12 @@ from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.unet import TorchUNet
 from sdxs_rt.backends.torch.vae import TorchVAEDecoder, latent_scaling_from_config
-from sdxs_rt.components import Components
+from sdxs_rt.components import Components, latent_scaling_note
 from sdxs_rt.errors import OutOfMemoryError
 from sdxs_rt.loading import (
     ModelFiles,
     TextEncoderFiles,
+    check_text_width,
     model_hash,
     resolve_model,
     resolve_text_encoder,
@@ -51,6 +52,7 @@ def load_components(
     device: str = "cpu",
     precision: str = "fp32",
     variant: str | None = None,
+    revision: str | None = None,
     trust_remote_code: bool = False,
     fast: FastPathOptions | None = None,
     loras: Sequence[LoraSpec | str] = (),
@@ -58,11 +60,13 @@ def load_components(
     """`fast`: the GPU fast path (see `fast.FastPathOptions`); None reads the SDXS_RT_CUDA_GRAPHS,
     SDXS_RT_COMPILE, SDXS_RT_CHANNELS_LAST and SDXS_RT_OFFLOAD_TEXT_ENCODER variables, and
     without any of them set loads the plain eager model. `loras`: LoRA files (`LoraSpec`s or
-    "FILE:SCALE" strings) merged into the U-Net weights at load time."""
+    "FILE:SCALE" strings) merged into the U-Net weights at load time. `revision`: the hub
+    branch, tag or commit of `model` (the text encoder's own repo is not pinned by it)."""
     fast = fast if fast is not None else FastPathOptions.from_env()
     lora_specs = [parse_lora_spec(spec) for spec in loras]
-    files = resolve_model(model, variant)
+    files = resolve_model(model, variant, revision)
     encoder_files = resolve_text_encoder(text_encoder, files)
+    check_text_width(encoder_files, files)  # before any weight is read
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     try:
@@ -82,7 +86,9 @@ def load_components(
         "model_hash": model_hash(files.unet_weights),
         "text_encoder": encoder_files.name,
         "variant": variant,
+        "revision": files.revision,
         "folded_cross_attention_blocks": unet.folded_blocks,
+        "skipped": load_notes(files, encoder_files),
     }
     if unet.lora_info:
         info["loras"] = unet.lora_info
@@ -99,6 +105,12 @@ def load_components(
         vae_scale_factor=2 ** (len(files.vae_config["block_out_channels"]) - 1),
         info=info,
     )
+
+
+def load_notes(files: ModelFiles, encoder_files: TextEncoderFiles) -> list[str]:
+    """What the model holds but this run does not use or understand: one line each."""
+    vae_note = latent_scaling_note(files.vae_config)
+    return [*files.skipped, *encoder_files.skipped, *([vae_note] if vae_note else [])]
 
 
 def _load_models(
