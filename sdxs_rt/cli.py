@@ -135,6 +135,12 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         "--variant", choices=("fp16",), default=None, help="load the model card's fp16 weight files"
     )
     p.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="hub revision (branch, tag or commit) of --model; pin a commit for reproducible runs",
+    )
+    p.add_argument(
         "--text-encoder",
         default=None,
         help="text encoder folder or hub id (default: the model's own, "

@@ -121,6 +121,7 @@ def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
         device=args.device,
         dtype=args.precision,
         variant=args.variant,
+        revision=args.revision,
         trust_remote_code=args.trust_remote_code,
     )
     if args.backend == "tensorrt":
@@ -185,6 +186,7 @@ def save_image(
         "device": record.device,
         "precision": record.precision,
         "model": record.model,
+        **({"revision": record.revision} if record.revision else {}),
         **({"loras": pipe.info["loras"]} if pipe.info.get("loras") else {}),
         "timings": {k: round(v, 4) for k, v in event.timings.items()},
     }
@@ -213,7 +215,7 @@ def model_size(args: argparse.Namespace, given: tuple[int | None, int | None]) -
     if given[0] is not None and given[1] is not None:
         return given[0], given[1]
     try:
-        native = native_image_size(resolve_model(args.model, args.variant))
+        native = native_image_size(resolve_model(args.model, args.variant, args.revision))
     except SdxsError:
         native = DEFAULT_IMAGE_SIZE
     return given[0] or native[0], given[1] or native[1]

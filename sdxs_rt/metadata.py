@@ -34,6 +34,7 @@ VERSION_PREFIX = "sdxs-rt "
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
+OPTIONAL_FIELDS = frozenset({"variant", "revision", "extra"})  # older records lack them
 
 SCHEDULER_BY_LABEL = {label.lower(): name for name, label in SCHEDULER_LABELS.items()}
 
@@ -60,6 +61,7 @@ class ImageRecord:
     version: str
     text_encoder: str
     variant: str | None = None
+    revision: str | None = None  # the hub revision of the model; None for local folders
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -79,7 +81,7 @@ class ImageRecord:
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
         """Build a record from the chunk's dict; unknown keys (newer writers) land in `extra`."""
         known = {f.name for f in fields(cls)}
-        missing = sorted(n for n in known - {"variant", "extra"} if n not in data)
+        missing = sorted(n for n in known - OPTIONAL_FIELDS if n not in data)
         if missing:
             raise UsageError(f"the sdxs_rt metadata lacks {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in known}
@@ -120,6 +122,7 @@ def make_record(pipe: RecordSource, params: GenerationParams, seed: int) -> Imag
         version=__version__,
         text_encoder=str(info.get("text_encoder", "")),
         variant=info.get("variant"),
+        revision=info.get("revision"),
         extra={"loras": list(info["loras"])} if info.get("loras") else {},
     )
 
@@ -181,6 +184,7 @@ def parameter_items(record: ImageRecord) -> list[tuple[str, object]]:
         ("RNG", record.rng),
         ("Precision", record.precision),
         ("Scheduler", record.scheduler),
+        *([("Revision", record.revision)] if record.revision else []),
         *lora_items(record),
     ]
 
@@ -277,6 +281,7 @@ CONVERTERS: dict[str, Any] = {
     "RNG": lambda v: {"rng": v},
     "Precision": lambda v: {"precision": v},
     "Scheduler": _scheduler,
+    "Revision": lambda v: {"revision": v},
 }
 
 

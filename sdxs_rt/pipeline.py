@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,20 @@ def import_backend(name: str) -> Any:
         ) from None
 
 
+def check_revision(model: str | Path | None, revision: str | None) -> None:
+    """Refuse a revision that cannot be honoured: only hub repos have revisions, and a local
+    folder silently ignoring one would record a pin that never applied."""
+    if revision is None:
+        return
+    if not revision.strip():
+        raise UsageError("the revision is empty; give a branch, tag or commit of the hub repo")
+    if model is None or Path(model).expanduser().exists():
+        what = "the built-in model" if model is None else f"{model} (a local path)"
+        raise UsageError(
+            f"--revision {revision} applies to hub repo ids only, not to {what}; drop it"
+        )
+
+
 class Pipeline:
     """SDXS text-to-image with classifier-free guidance and native schedulers."""
 
@@ -144,11 +159,13 @@ class Pipeline:
         device: str | None = None,
         dtype: str | None = None,
         variant: str | None = None,
+        revision: str | None = None,
         trust_remote_code: bool = False,
         backend_options: dict[str, Any] | None = None,
     ) -> Pipeline:
         """Load a model: for torch a diffusers-format folder or hub id (None: the built-in
         default model); for onnx and tensorrt a folder written by `sdxs-rt export onnx`.
+        `revision` (a branch, tag or commit of a hub id) is refused for local folders.
 
         `device` and `dtype` default per backend (`DEFAULT_DEVICE`, `DEFAULT_PRECISION`);
         `backend_options` go to the backend's `load_components` (torch: `fast=FastPathOptions`).
@@ -157,6 +174,7 @@ class Pipeline:
             raise UsageError(
                 f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_MODULES)}"
             )
+        check_revision(model, revision)
         module = import_backend(backend)
         components = module.load_components(
             model,
@@ -164,6 +182,7 @@ class Pipeline:
             device=device or DEFAULT_DEVICE[backend],
             precision=dtype or DEFAULT_PRECISION[backend],
             variant=variant,
+            revision=revision,
             trust_remote_code=trust_remote_code,
             **(backend_options or {}),
         )

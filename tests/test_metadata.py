@@ -210,6 +210,7 @@ def record_fields(record: ImageRecord) -> dict[str, object]:
         "rng": record.rng,
         "precision": record.precision,
         "scheduler": record.scheduler,
+        **({"revision": record.revision} if record.revision else {}),
     }
 
 
@@ -312,7 +313,7 @@ def test_sdxs_rt_json_round_trip_and_format_key() -> None:
 def test_sdxs_rt_json_tolerates_unknown_keys_and_missing_optional_ones() -> None:
     data = json.loads(RECORD.to_json())
     data.update(format=2, future_field=[1, 2])
-    del data["variant"], data["extra"]
+    del data["variant"], data["revision"], data["extra"]
     record = ImageRecord.from_json(json.dumps(data))
     assert record == replace(RECORD, variant=None, extra={"future_field": [1, 2]})
 
@@ -339,6 +340,18 @@ def test_saved_png_reads_back_to_the_same_record(tmp_path: Path, prompt: str) ->
     parameters, data = read_metadata(save_with(tmp_path / "x.png", png_info(record)))
     assert parameters == format_parameters(record)
     assert data is not None and ImageRecord.from_dict(data) == record
+    assert parameters is not None
+    assert record_from_parameters(parse_parameters(parameters)) == record_fields(record)
+
+
+def test_revision_comes_after_our_keys_and_reads_back(tmp_path: Path) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    record = replace(RECORD, revision=sha)
+    assert format_parameters(record).endswith(f"{TAIL}, Revision: {sha}")
+    assert "Revision" not in format_parameters(RECORD)  # only when a revision was pinned
+    parameters, data = read_metadata(save_with(tmp_path / "x.png", png_info(record)))
+    assert data is not None and data["revision"] == sha
+    assert ImageRecord.from_dict(data) == record
     assert parameters is not None
     assert record_from_parameters(parse_parameters(parameters)) == record_fields(record)
 

@@ -31,6 +31,7 @@ def load_components(
     device: str = "cpu",
     precision: str | None = None,
     variant: str | None = None,
+    revision: str | None = None,  # an exported folder is local: its source's is in the manifest
     trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
 ) -> Components:
     """Components over the graphs in `model`, an exported folder (manifest.json beside them)."""
@@ -140,6 +141,7 @@ def components_info(
         "model_hash": str(model.get("hash", "")),
         "text_encoder": str(model.get("text_encoder", "")),
         "variant": variant,
+        "revision": model.get("revision"),  # the hub revision the graphs were exported from
         "providers": {name: graph.providers for name, graph in loaded.items()},
         "iobinding": plan.uses_iobinding,
     }

@@ -57,6 +57,7 @@ def load_components(
     device: str = "cuda",
     precision: str = "fp16",
     variant: str | None = None,
+    revision: str | None = None,  # an exported folder is local: its source's is in the manifest
     trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
 ) -> Components:
     """Components over the cached engines of `model`, an exported folder."""
@@ -152,6 +153,7 @@ def components_info(
         "model_hash": str(model.get("hash", "")),
         "text_encoder": str(model.get("text_encoder", "")),
         "variant": variant,
+        "revision": model.get("revision"),  # the hub revision the graphs were exported from
         "tensorrt_version": plan.environment.tensorrt_version,
         "gpu": plan.environment.gpu_name,
         "engines": {graph: str(entry.engine_path) for graph, entry in cached.items()},
