@@ -51,6 +51,12 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
         "--variant", choices=("fp16",), default=None, help="read the model's *.fp16 weight files"
     )
     parser.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="hub revision (branch, tag or commit) of --model; pin a commit for reproducible runs",
+    )
+    parser.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="load the text encoder with the Python code shipped in its repo; this RUNS CODE "
@@ -70,6 +76,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         precision=args.precision,
         opset=args.opset,
         variant=args.variant,
+        revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         progress=None if args.quiet else _print_to_stderr,
     )

@@ -68,6 +68,7 @@ def manifest_fields(source: ExportSource, dims: GraphDims) -> dict[str, Any]:
             "hash": model_hash(files.unet_weights),
             "text_encoder": source.text_encoder.name,
             "variant": files.variant,
+            "revision": files.revision,  # the hub revision exported (None: a local folder)
         },
         "latent_channels": dims.latent_channels,
         "vae_scale_factor": dims.vae_scale_factor,

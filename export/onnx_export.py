@@ -39,6 +39,7 @@ from sdxs_rt.graphs import (
     write_manifest,
 )
 from sdxs_rt.loading import file_sha256, resolve_model, resolve_text_encoder
+from sdxs_rt.pipeline import check_revision
 
 from . import parity
 from .fp16 import convert_to_fp16, emulated_fp16_graph, plan_fp32_nodes
@@ -98,12 +99,15 @@ def export_onnx(
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
     variant: str | None = None,
+    revision: str | None = None,
     trust_remote_code: bool = False,
     progress: Progress | None = None,
 ) -> Manifest:
-    """Export the model's four graphs to `out_dir` and return the manifest written there."""
+    """Export the model's four graphs to `out_dir` and return the manifest written there.
+    `revision`: the hub branch, tag or commit of `model`, recorded in the manifest."""
     _check_options(precision, opset)
-    files = resolve_model(model, variant)
+    check_revision(model, revision)
+    files = resolve_model(model, variant, revision)
     source = ExportSource(files, resolve_text_encoder(text_encoder, files), trust_remote_code)
     dims = graph_dims(source)
     job = ExportJob(

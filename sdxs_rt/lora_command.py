@@ -21,6 +21,12 @@ def add_merge_lora_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="diffusers-format folder or hub id")
     p.add_argument("lora", metavar="LORA[:SCALE]", help="LoRA file, optionally with a scale")
+    p.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="hub revision (branch, tag or commit) of MODEL; pin a commit for reproducible runs",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="new model folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no log line")
 
@@ -30,7 +36,9 @@ def run_merge_lora(args: argparse.Namespace) -> int:
     from sdxs_rt.training.lora import merge_lora_into_folder
 
     spec = parse_lora_spec(args.lora)
-    out = merge_lora_into_folder(args.model, spec.path, spec.scale, Path(args.output))
+    out = merge_lora_into_folder(
+        args.model, spec.path, spec.scale, Path(args.output), revision=args.revision
+    )
     if not args.quiet:
         print(f"merged {spec.path.name} (scale {spec.scale:g}) into {out}", file=sys.stderr)
     return 0

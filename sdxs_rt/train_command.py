@@ -42,6 +42,8 @@ HELP = {
     "model": "base model folder or hub id (default: the built-in demo model)",
     "text_encoder": "text encoder folder or hub id (default: the model's own, else the card's)",
     "variant": "weights variant of the base model (fp16 files load as float32 master weights)",
+    "revision": "hub revision (branch, tag or commit) of --model; "
+    "pin a commit for reproducible runs",
     "trust_remote_code": "run the text encoder's own code downloaded from the hub",
     "mode": "full fine-tune or LoRA (default full)",
     "lora_rank": "LoRA rank (default 16)",

@@ -162,6 +162,25 @@ def test_manifest_round_trips_and_describes_the_model(
     assert unet_inputs[1] == {"name": "timestep", "dtype": "float32", "shape": ["batch"]}
 
 
+def test_the_hub_revision_goes_into_the_manifest_and_the_onnx_info(
+    fp32_export: Export, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdxs_rt.pipeline import Pipeline
+
+    sha = "89abcdef0123456789abcdef0123456789abcdef"
+    shutil.copytree(tiny_model, tmp_path / "hf/hub/models--org--tiny/snapshots" / sha)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    shutil.copytree(fp32_export.out, out)  # the same weights: only the manifest is written again
+    manifest = export_onnx("org/tiny", out, revision=sha)
+    assert (manifest.model["name"], manifest.model["revision"]) == ("org/tiny", sha)
+    assert fp32_export.manifest.model["revision"] is None  # a local folder has none
+    assert Pipeline.from_pretrained(str(out), backend="onnx").info["revision"] == sha
+
+
 def test_a_rerun_skips_finished_graphs(fp32_export: Export, tiny_model: Path) -> None:
     files = [fp32_export.out / name / "model.onnx" for name in GRAPH_NAMES]
     before = [path.stat().st_mtime_ns for path in files]

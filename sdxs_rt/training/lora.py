@@ -32,6 +32,7 @@ from sdxs_rt.backends.torch.lora import (
 from sdxs_rt.backends.torch.weights import save_safetensors_atomic
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
 from sdxs_rt.loading import WEIGHTS_STEM_DIFFUSERS, ModelFiles, resolve_model
+from sdxs_rt.pipeline import check_revision
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
@@ -110,18 +111,21 @@ def save_lora(
 # ---------------------------------------------------------------- merged model folders
 
 
-def merge_lora_into_folder(model: str | Path, lora: Path, scale: float, out_dir: Path) -> Path:
-    """Copy a diffusers-format model (folder or hub id) to `out_dir` with the LoRA merged into
-    every U-Net weight file (each keeps its dtype and variant name); returns `out_dir`.
+def merge_lora_into_folder(
+    model: str | Path, lora: Path, scale: float, out_dir: Path, revision: str | None = None
+) -> Path:
+    """Copy a diffusers-format model (folder or hub id, at `revision`) to `out_dir` with the LoRA
+    merged into every U-Net weight file (each keeps its dtype and variant name); returns `out_dir`.
 
     The copy is built beside `out_dir` and renamed into place at the end, so a failure leaves
     no half-written model. `out_dir` must not exist yet (or be an empty folder).
     """
     out_dir = Path(out_dir)
+    check_revision(str(model), revision)
     _check_out_dir(out_dir)
     lora = Path(lora)
     layers = read_lora(lora)  # before copying anything: a bad LoRA file fails fast
-    files = _resolve_any_variant(str(model))
+    files = _resolve_any_variant(str(model), revision)
     if out_dir.resolve().is_relative_to(files.root.resolve()):
         raise UsageError(f"output {out_dir} is inside the model folder {files.root}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -145,13 +149,13 @@ def _check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"output {out_dir} already exists; choose a new folder")
 
 
-def _resolve_any_variant(model: str) -> ModelFiles:
+def _resolve_any_variant(model: str, revision: str | None) -> ModelFiles:
     """The model with its plain weights, else with only fp16 weights (the card's variant)."""
     try:
-        return resolve_model(model, None)
+        return resolve_model(model, None, revision)
     except (ModelNotFoundError, ModelFormatError) as plain_error:
         try:
-            return resolve_model(model, "fp16")
+            return resolve_model(model, "fp16", revision)
         except (ModelNotFoundError, ModelFormatError):
             raise plain_error from None
 
