@@ -207,6 +207,7 @@ class Controller(QObject):
         try:
             settings = settings_from_png(path)
             self.generation.apply_record(settings)
+            self.model.apply_record(settings)
         except Exception as exc:
             self._report(error_message(exc))
             return False

@@ -27,10 +27,9 @@ from sdxs_rt.metadata import (
 )
 
 # ImageRecord fields with a plain type, so that a damaged or foreign chunk restores what it can.
+PLAIN_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "str | None": str}
 FIELD_TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float}[str(f.type)]
-    for f in fields(ImageRecord)
-    if str(f.type) in ("str", "int", "float")
+    f.name: PLAIN_TYPES[str(f.type)] for f in fields(ImageRecord) if str(f.type) in PLAIN_TYPES
 }
 
 
@@ -85,7 +84,7 @@ def typed_settings(values: dict[str, Any]) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for name, value in values.items():
         kind = FIELD_TYPES.get(name)
-        if kind is None:
+        if kind is None or value is None:  # None: an optional field left unset
             continue
         try:
             settings[name] = convert(value, kind)

@@ -181,6 +181,7 @@ class ModelState(StateObject):
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "model": "",  # "": the built-in default model
+        "revision": "",  # "": the hub repo's default branch (hub ids only)
         "text_encoder": "",
         "backend": "torch",
         "precision": "fp32",
@@ -189,6 +190,8 @@ class ModelState(StateObject):
     }
     model_changed = Signal(str)
     model = state_property("model", str, model_changed)
+    revision_changed = Signal(str)
+    revision = state_property("revision", str, revision_changed)
     text_encoder_changed = Signal(str)
     text_encoder = state_property("text_encoder", str, text_encoder_changed)
     backend_changed = Signal(str)
@@ -202,7 +205,20 @@ class ModelState(StateObject):
 
     def key(self) -> tuple[str, ...]:
         """What identifies a loaded pipeline: a change means loading again."""
-        return (self.model, self.text_encoder, self.backend, self.precision, self.device)
+        return (
+            self.model,
+            self.text_encoder,
+            self.backend,
+            self.precision,
+            self.device,
+            self.revision,
+        )
+
+    def apply_record(self, record: dict[str, Any]) -> None:
+        """'Reuse all': the image's hub revision, when its model is the one chosen now (a
+        revision belongs to its repo; the model itself is left as the user chose it)."""
+        if record.get("model") and record["model"] == self.model:
+            self.revision = record.get("revision") or ""
 
 
 class RunState(StateObject):

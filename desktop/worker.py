@@ -46,6 +46,7 @@ class LoadRequest:
     backend: str = "torch"
     precision: str = ""
     device: str = ""
+    revision: str = ""  # a hub branch, tag or commit of `model`
 
     def load(self) -> Pipeline:
         return Pipeline.from_pretrained(
@@ -54,6 +55,7 @@ class LoadRequest:
             backend=self.backend,
             device=self.device or None,
             dtype=self.precision or None,
+            revision=self.revision.strip() or None,
         )
 
 

@@ -225,6 +225,16 @@ def test_model_fields_sync_both_ways(window: MainWindow, qtbot: Any) -> None:
     assert model.model == "AiArtLab/sdxs"
 
 
+def test_revision_field_syncs_both_ways(window: MainWindow, qtbot: Any) -> None:
+    panel, model = window.model_panel, window.states.model
+    model.revision = "v1.0"
+    assert panel.revision_edit.text() == "v1.0"
+    panel.revision_edit.clear()
+    qtbot.keyClicks(panel.revision_edit, "0123abcd")
+    assert model.revision == "0123abcd"
+    assert model.key()[-1] == "0123abcd"  # a new revision means loading again
+
+
 def test_backend_precision_device_sync_both_ways(window: MainWindow) -> None:
     panel, model = window.model_panel, window.states.model
     model.update(backend="onnx", precision="fp16", device="dml")

@@ -347,6 +347,32 @@ def test_damaged_chunk_values_are_dropped_not_raised(tmp_path):
     assert settings_from_png(path) == {"prompt": "ok", "seed": 5}
 
 
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_revision_reaches_the_load_request_and_from_pretrained(controller, states, monkeypatch):
+    states.model.update(model="org/tiny-sdxs", revision=SHA)
+    request = controller._plan_job().load
+    assert (request.model, request.revision) == ("org/tiny-sdxs", SHA)
+    seen: dict = {}
+    monkeypatch.setattr(Pipeline, "from_pretrained", lambda model, **kw: seen.update(kw))
+    request.load()
+    assert seen["revision"] == SHA
+    states.model.revision = ""
+    controller._plan_job().load.load()
+    assert seen["revision"] is None  # "": the hub's default branch
+
+
+def test_restore_takes_the_revision_only_for_the_same_model(controller, states, tmp_path):
+    path = save_to_history(Image.new("RGB", (8, 8)), sample_record(revision=SHA), tmp_path)
+    states.model.model = "another/model"
+    assert controller.restore_from_png(path)
+    assert states.model.revision == ""  # a revision belongs to its own repo
+    states.model.model = "tiny-sdxs"  # the record's model
+    assert controller.restore_from_png(path)
+    assert states.model.revision == SHA
+
+
 # ---------------------------------------------------------------- previews
 
 

@@ -1,4 +1,5 @@
-"""The model panel: model folder or hub id, text encoder, backend, precision, device, engines."""
+"""The model panel: model folder or hub id, its hub revision, text encoder, backend, precision,
+device, engines."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ class ModelPanel(QGroupBox):
         self.model = model
         form = QFormLayout(self)
         form.addRow("Model", self._make_model())
+        form.addRow("Revision", self._make_revision())
         form.addRow("Text encoder", self._make_text_encoder())
         form.addRow("Backend", self._make_backend())
         form.addRow("Precision", self._make_precision())
@@ -85,6 +87,15 @@ class ModelPanel(QGroupBox):
         )
         bind_line_edit(self.model, "model", self.model_path.edit)
         return self.model_path
+
+    def _make_revision(self) -> QLineEdit:
+        self.revision_edit = QLineEdit()
+        self.revision_edit.setPlaceholderText("Hub default branch, or a branch, tag or commit")
+        self.revision_edit.setToolTip(
+            "Hub revision of the model (hub ids only); pin a commit for reproducible images"
+        )
+        bind_line_edit(self.model, "revision", self.revision_edit)
+        return self.revision_edit
 
     def _make_text_encoder(self) -> PathEdit:
         self.text_encoder_path = PathEdit(
