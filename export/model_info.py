@@ -54,8 +54,9 @@ def _context_width(unet: dict[str, Any], source: ExportSource) -> int:
 
 
 def _text_config(files: TextEncoderFiles) -> dict[str, Any]:
-    nested = files.config.get("text_config")
-    return nested if isinstance(nested, dict) else files.config
+    """The tower's XLM-R config, as the native loader reads it (the published config.json
+    states no dimensions); empty when only the remote code understands the checkpoint."""
+    return files.layout.tower_config if files.layout is not None else {}
 
 
 def manifest_fields(source: ExportSource, dims: GraphDims) -> dict[str, Any]:

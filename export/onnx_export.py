@@ -38,7 +38,12 @@ from sdxs_rt.graphs import (
     graph_specs,
     write_manifest,
 )
-from sdxs_rt.loading import file_sha256, resolve_model, resolve_text_encoder
+from sdxs_rt.loading import (
+    check_text_width,
+    file_sha256,
+    resolve_model,
+    resolve_text_encoder,
+)
 from sdxs_rt.pipeline import check_revision
 
 from . import parity
@@ -109,6 +114,7 @@ def export_onnx(
     check_revision(model, revision)
     files = resolve_model(model, variant, revision)
     source = ExportSource(files, resolve_text_encoder(text_encoder, files), trust_remote_code)
+    check_text_width(source.text_encoder, files)  # before any weight is read
     dims = graph_dims(source)
     job = ExportJob(
         source=source,

@@ -343,6 +343,8 @@ def choose_unet_folder(root: Path) -> tuple[str, str, list[str]]:
             "with a config.json."
         )
     unused = [f"{f}/: another U-Net, not used ({chosen}/ is)" for f in present if f != chosen]
+    absent = [f for f in _model_index_unets(root) if f not in present]
+    unused += [f"model_index.json names {f}/, which is not there" for f in absent]
     return chosen, f"U-Net: {chosen}/ ({why})", unused
 
 

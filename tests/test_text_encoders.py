@@ -22,6 +22,7 @@ from sdxs_rt.backends.torch.text_encoder import (  # noqa: E402
 )
 from sdxs_rt.errors import ModelFormatError  # noqa: E402
 from sdxs_rt.loading import TextEncoderFiles, resolve_model, resolve_text_encoder  # noqa: E402
+from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
 
 PROMPTS = [
     "a red circle on a white background",
@@ -111,6 +112,74 @@ def test_load_text_encoder_picks_the_loader(tiny_model: Path, remote_files) -> N
     assert isinstance(remote, RemoteCodeTextEncoder)
 
 
+def test_dimensions_come_from_the_tensor_shapes(
+    remote_files: TextEncoderFiles, native: NativeTextEncoder
+) -> None:
+    """The published config.json states no dimension: all of them are read from the header."""
+    assert "hidden_size" not in json.dumps(remote_files.config)
+    layout = remote_files.native_layout()
+    assert layout.config_source == "tensor shapes"
+    config = native.tower.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (128, 2, 2)
+    assert (config.intermediate_size, config.max_position_embeddings) == (256, 514)
+    assert layout.unused == {"vision_model": 32, "logit_scale": 1, "logit_bias": 1}
+
+
+def test_the_vision_tower_is_never_used_for_text(
+    remote_files: TextEncoderFiles, native: NativeTextEncoder, tmp_path: Path
+) -> None:
+    def poisoned_vision(tensors: dict) -> dict:
+        return {
+            k: torch.full_like(v, float("nan")) if k.startswith("vision_model.") else v
+            for k, v in tensors.items()
+        }
+
+    files = _edited_copy(remote_files, tmp_path, edit_tensors=poisoned_vision)
+    vectors = NativeTextEncoder.load(files, "cpu", torch.float32)(PROMPTS)
+    assert torch.isfinite(vectors).all()
+    assert (vectors - native(PROMPTS)).abs().max() <= TOLERANCE
+
+
+def test_the_config_dtype_is_not_trusted(remote_files: TextEncoderFiles) -> None:
+    """The latest config says bfloat16; the file holds float32, and float32 is what loads."""
+    assert remote_files.config["torch_dtype"] == "bfloat16"
+    encoder = NativeTextEncoder.load(remote_files, "cpu", torch.float32)
+    assert {p.dtype for p in encoder.tower.parameters()} == {torch.float32}
+
+
+def test_an_unknown_tensor_is_refused_by_name(
+    remote_files: TextEncoderFiles, tmp_path: Path
+) -> None:
+    def extra(tensors: dict) -> dict:
+        return {**tensors, "image_adapter.weight": torch.ones(2, 2)}
+
+    files = _edited_copy(remote_files, tmp_path, edit_tensors=extra)
+    with pytest.raises(ModelFormatError, match=r"does not know \(image_adapter\.weight\)"):
+        NativeTextEncoder.load(files, "cpu", torch.float32)
+
+
+def test_the_split_layout_gives_the_same_vectors(
+    remote_files: TextEncoderFiles, native: NativeTextEncoder, tmp_path: Path
+) -> None:
+    """text_encoder/ as a bare XLM-R with its own config + text_projector/ holding the Linear."""
+    model = Path(shutil.copytree(remote_files.dir.parent, tmp_path / "model"))
+    folder = model / "text_encoder"
+    tensors = load_file(folder / "model.safetensors")
+    tower = {k.removeprefix("text_model."): v for k, v in tensors.items() if "text_model." in k}
+    save_file(tower, folder / "model.safetensors")
+    vocab = tower["embeddings.word_embeddings.weight"].shape[0]
+    (folder / "config.json").write_text(json.dumps(text_config(vocab)))
+    (folder / REMOTE_CODE_FILE).unlink()
+    (model / "text_projector").mkdir()
+    save_file(
+        {"linear.weight": tensors["text_projector.weight"]},
+        model / "text_projector" / "diffusion_pytorch_model.safetensors",
+    )
+    files = resolve_text_encoder(None, resolve_model(str(model)))
+    vectors = NativeTextEncoder.load(files, "cpu", torch.float32)(PROMPTS)
+    assert (vectors - native(PROMPTS)).abs().max() <= TOLERANCE
+
+
 def test_bfloat16(remote_files: TextEncoderFiles, native: NativeTextEncoder) -> None:
     half = NativeTextEncoder.load(remote_files, "cpu", torch.bfloat16)
     vectors = half(PROMPTS[:2])
@@ -145,9 +214,10 @@ def test_native_accepts_a_bare_xlm_r_checkpoint(
         return {k.removeprefix("text_model."): v for k, v in tensors.items()}
 
     def top_level(config: dict) -> dict:
-        return config["text_config"]
+        return text_config(409)  # an XLM-R config.json that states the dimensions
 
     files = _edited_copy(remote_files, tmp_path, unprefixed, top_level)
+    assert files.native_layout().config_source == "config.json"
     vectors = NativeTextEncoder.load(files, "cpu", torch.float32)(PROMPTS)
     assert (vectors - native(PROMPTS)).abs().max() <= TOLERANCE
 
@@ -161,7 +231,8 @@ def test_unrecognised_weight_layout_is_refused(
         return out
 
     files = _edited_copy(remote_files, tmp_path, edit_tensors=renamed)
-    with pytest.raises(ModelFormatError, match=r"encoder_model, proj.*mexma_siglip"):
+    names = "encoder_model, logit_bias, logit_scale, proj, vision_model"
+    with pytest.raises(ModelFormatError, match=f"no single text projection.*{names}"):
         NativeTextEncoder.load(files, "cpu", torch.float32)
 
 
@@ -174,24 +245,24 @@ def test_unknown_text_model_type_is_refused(remote_files: TextEncoderFiles, tmp_
         NativeTextEncoder.load(files, "cpu", torch.float32)
 
 
-def test_tower_weights_must_match_the_config(remote_files: TextEncoderFiles, tmp_path: Path):
-    def missing_layer(tensors: dict) -> dict:
-        return {k: v for k, v in tensors.items() if ".layer.1." not in k}
+def test_a_missing_tower_tensor_is_named(remote_files: TextEncoderFiles, tmp_path: Path):
+    name = "text_model.encoder.layer.1.output.dense.weight"
 
-    files = _edited_copy(remote_files, tmp_path, edit_tensors=missing_layer)
-    with pytest.raises(
-        ModelFormatError, match=r"do not match its config: missing encoder\.layer\.1\."
-    ):
+    def missing_tensor(tensors: dict) -> dict:
+        return {k: v for k, v in tensors.items() if k != name}
+
+    files = _edited_copy(remote_files, tmp_path, edit_tensors=missing_tensor)
+    assert files.layout is None
+    with pytest.raises(ModelFormatError, match=r"\(2 layers\) lacks encoder\.layer\.1\.output"):
         NativeTextEncoder.load(files, "cpu", torch.float32)
 
 
-def test_tower_shapes_must_match_the_config(remote_files: TextEncoderFiles, tmp_path: Path):
-    def wider_config(config: dict) -> dict:
-        config["text_config"]["intermediate_size"] = 48
-        return config
+def test_stated_dimensions_must_match_the_shapes(remote_files: TextEncoderFiles, tmp_path: Path):
+    def wrong_config(config: dict) -> dict:
+        return {**config, "text_config": {**text_config(409), "intermediate_size": 48}}
 
-    files = _edited_copy(remote_files, tmp_path, edit_config=wider_config)
-    with pytest.raises(ModelFormatError, match=r"do not match its config: size mismatch"):
+    files = _edited_copy(remote_files, tmp_path, edit_config=wrong_config)
+    with pytest.raises(ModelFormatError, match=r"intermediate_size 48 \(the tensors say 256\)"):
         NativeTextEncoder.load(files, "cpu", torch.float32)
 
 
@@ -205,7 +276,7 @@ def test_remote_code_needs_auto_map(tiny_model: Path) -> None:
 
 def test_remote_code_needs_encode_texts(remote_files: TextEncoderFiles, tmp_path: Path) -> None:
     files = _edited_copy(remote_files, tmp_path)
-    module = files.dir / "modeling_mexma_siglip.py"
+    module = files.dir / REMOTE_CODE_FILE
     module.write_text(module.read_text().replace("def encode_texts", "def embed_texts"))
     with pytest.raises(ModelFormatError, match="no encode_texts method"):
         RemoteCodeTextEncoder.load(files, "cpu", torch.float32)

@@ -25,7 +25,14 @@ from sdxs_rt.loading import (
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdxs_rt.tiny import REMOTE_CODE_FILE, REMOTE_CODE_SOURCE, build_tiny_model, main  # noqa: E402
+from sdxs_rt.tiny import (  # noqa: E402
+    MEXMA_SIGLIP_CONFIG,
+    MEXMA_SIGLIP_EARLIER_CONFIG,
+    REMOTE_CODE_FILE,
+    build_tiny_model,
+    build_tiny_text_encoder,
+    main,
+)
 
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -67,25 +74,42 @@ def test_default_layout_matches_the_sdxs_format(tiny_model: Path) -> None:
     assert vae["shift_factor"] is not None and vae["latents_mean"] is None
     index = _json(tiny_model / "model_index.json")
     assert {"unet", "vae", "scheduler", "text_encoder", "tokenizer"} <= set(index)
+    second = _json(tiny_model / "sdxs" / "config.json")  # as published: a second U-Net
+    assert second["block_out_channels"] != unet["block_out_channels"]
 
 
-def test_default_text_encoder_has_no_remote_code(tiny_model: Path) -> None:
+PUBLISHED_TEXT_FILES = {
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+}
+
+
+def test_default_text_encoder_is_the_earlier_published_layout(tiny_model: Path) -> None:
     folder = tiny_model / "text_encoder"
-    config = _json(folder / "config.json")
-    assert config["text_config"]["model_type"] == "xlm-roberta"
-    assert "auto_map" not in config and not list(folder.glob("*.py"))
-    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
-        assert (folder / name).is_file()
+    assert _json(folder / "config.json") == MEXMA_SIGLIP_EARLIER_CONFIG  # no dimensions
+    assert {p.name for p in folder.iterdir()} == PUBLISHED_TEXT_FILES  # no sentencepiece model
     assert (tiny_model / "tokenizer" / "tokenizer.json").read_bytes() == (
         folder / "tokenizer.json"
     ).read_bytes()
 
 
-def test_remote_layout_ships_its_code(tiny_model_remote: Path) -> None:
+def test_one_float32_file_holds_text_projector_and_vision(tiny_model: Path) -> None:
+    table = loading.tensor_table([tiny_model / "text_encoder" / "model.safetensors"])
+    groups = {key.split(".", 1)[0] for key in table}
+    assert groups == {"text_model", "text_projector", "vision_model", "logit_scale", "logit_bias"}
+    assert {info.dtype for info in table.values()} == {"F32"}
+    assert table["text_projector.weight"].shape == (1152, 128)
+
+
+def test_remote_layout_is_the_latest_published_config(tiny_model_remote: Path) -> None:
     folder = tiny_model_remote / "text_encoder"
-    auto_map = _json(folder / "config.json")["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel"}
-    assert (folder / REMOTE_CODE_FILE).read_text() == REMOTE_CODE_SOURCE
+    assert _json(folder / "config.json") == MEXMA_SIGLIP_CONFIG
+    assert {p.name for p in folder.iterdir()} == PUBLISHED_TEXT_FILES | {REMOTE_CODE_FILE}
+    assert "class MexmaSigLIP(" in (folder / REMOTE_CODE_FILE).read_text()
 
 
 def test_sdxs_folder_and_fp16_variant(tiny_model_sdxs_fp16: Path) -> None:
@@ -151,8 +175,8 @@ def test_tokenizer_loads_with_transformers_and_tokenizers(tiny_model: Path) -> N
         3,
     )
     assert fast.mask_token_id == len(fast) - 1
-    vocab_size = _json(tiny_model / "text_encoder" / "config.json")["text_config"]["vocab_size"]
-    assert len(fast) == vocab_size
+    table = loading.tensor_table([tiny_model / "text_encoder" / "model.safetensors"])
+    assert len(fast) == table["text_model.embeddings.word_embeddings.weight"].shape[0]
     ids = fast("красный круг").input_ids
     assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids
     raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -162,6 +186,57 @@ def test_tokenizer_loads_with_transformers_and_tokenizers(tiny_model: Path) -> N
 def test_cli_builds_a_model(tmp_path: Path) -> None:
     assert main([str(tmp_path / "m"), "--seed", "2", "--unet-folder", "sdxs"]) == 0
     assert resolve_model(str(tmp_path / "m")).unet_dir.name == "sdxs"
+
+
+# --- which U-Net ------------------------------------------------------------------------
+
+
+def test_model_index_picks_the_unet_and_the_other_is_named(tiny_model: Path) -> None:
+    files = resolve_model(str(tiny_model))
+    assert files.unet_dir == tiny_model / "unet"
+    assert files.notes == ("U-Net: unet/ (named by model_index.json)",)
+    assert files.skipped == ("sdxs/: another U-Net, not used (unet/ is)",)
+
+
+def test_model_index_naming_sdxs_wins_over_the_card_folder(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    model = _copy(tiny_model, tmp_path)
+    index = _json(model / "model_index.json")
+    index["sdxs"] = index.pop("unet")
+    (model / "model_index.json").write_text(json.dumps(index))
+    files = resolve_model(str(model))
+    assert files.unet_dir == model / "sdxs"
+    assert files.unet_config["block_out_channels"] == [8, 16, 24, 24]
+
+
+def test_without_model_index_the_card_folder_then_sdxs(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    (model / "model_index.json").unlink()
+    assert resolve_model(str(model)).unet_dir == model / "unet"
+    assert "the model card's folder" in resolve_model(str(model)).notes[0]
+    shutil.rmtree(model / "unet")
+    files = resolve_model(str(model))
+    assert files.unet_dir == model / "sdxs" and files.skipped == ()
+
+
+def test_unknown_folders_are_named(tiny_model: Path, tmp_path: Path) -> None:
+    model = _copy(tiny_model, tmp_path)
+    (model / "train_scripts").mkdir()
+    assert "ignored folders: train_scripts/" in resolve_model(str(model)).skipped
+
+
+def test_hub_downloads_only_the_chosen_unet(tiny_model: Path) -> None:
+    """The allow-patterns of the weights fetch match unet/ and vae/ weights, never sdxs/'s."""
+    from fnmatch import fnmatch
+
+    patterns = loading._weight_patterns(("unet", "vae"), None)
+    files = [str(p.relative_to(tiny_model)) for p in tiny_model.rglob("*") if p.is_file()]
+    fetched = {f for f in files if any(fnmatch(f, pattern) for pattern in patterns)}
+    assert f"unet/{UNET_WEIGHTS}" in fetched and f"vae/{UNET_WEIGHTS}" in fetched
+    assert f"sdxs/{UNET_WEIGHTS}" not in fetched
+    assert "text_encoder/model.safetensors" not in fetched  # judged from its header first
+    assert "sdxs/config.json" in fetched and "text_encoder/config.json" in fetched
 
 
 # --- packaged default -------------------------------------------------------------------
@@ -199,6 +274,7 @@ def test_missing_unet_weights_names_the_file(tiny_model: Path, tmp_path: Path) -
 def test_missing_unet_folder(tiny_model: Path, tmp_path: Path) -> None:
     model = _copy(tiny_model, tmp_path)
     shutil.rmtree(model / "unet")
+    shutil.rmtree(model / "sdxs")
     with pytest.raises(ModelNotFoundError, match="U-Net folder"):
         resolve_model(str(model))
 
@@ -313,6 +389,15 @@ def test_hub_cache_env_var_wins(
     assert resolve_model("org/tiny-sdxs").root.is_relative_to(other)
 
 
+def test_a_pinned_revision_resolves_offline(tiny_model: Path, offline_hub: Path) -> None:
+    snapshot = _fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
+    files = resolve_model("org/tiny-sdxs", revision=snapshot.name)
+    assert files.root == snapshot and files.revision == snapshot.name
+    assert files.hub_id == "org/tiny-sdxs"
+    with pytest.raises(ModelNotFoundError, match=r"org/tiny-sdxs at revision v9 is not"):
+        resolve_model("org/tiny-sdxs", revision="v9")
+
+
 def test_uncached_hub_id_offline_is_not_found(offline_hub: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"org/absent.*not in the hub cache.*offline"):
         resolve_model("org/absent")
@@ -323,10 +408,56 @@ def test_default_text_encoder_comes_from_the_hub_cache(
 ) -> None:
     model = _copy(tiny_model, tmp_path)
     shutil.rmtree(model / "text_encoder")
-    _fake_hub_cache(offline_hub, loading.DEFAULT_TEXT_ENCODER, tiny_model / "text_encoder")
+    card = build_tiny_text_encoder(tmp_path / "mexma-siglip")
+    _fake_hub_cache(offline_hub, loading.DEFAULT_TEXT_ENCODER, card)
     files = resolve_text_encoder(None, resolve_model(str(model)))
-    assert files.name == "visheratin/mexma-siglip"
+    assert files.name == "visheratin/mexma-siglip" and files.skipped == ()
     assert files.tokenizer_dir == files.dir  # the hub folder carries its own tokenizer
+    assert files.layout is not None and files.layout.width == 1152
+
+
+def test_an_incomplete_own_text_encoder_falls_back_to_the_card(
+    tiny_model: Path, tmp_path: Path, offline_hub: Path
+) -> None:
+    """A text_encoder/ that projects to 1024 cannot feed this U-Net: the card's is used."""
+    from safetensors.torch import load_file, save_file
+
+    model = _copy(tiny_model, tmp_path)
+    weights = model / "text_encoder" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["text_projector.weight"] = tensors["text_projector.weight"][:1024]
+    save_file(tensors, weights)
+    _fake_hub_cache(
+        offline_hub, loading.DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c")
+    )
+    files = resolve_text_encoder(None, resolve_model(str(model)))
+    assert files.name == loading.DEFAULT_TEXT_ENCODER
+    assert files.skipped == (
+        "text_encoder/ not used: its text_encoder/ gives 1024-wide vectors and the U-Net "
+        "takes 1152",
+    )
+
+
+def test_a_split_text_encoder_and_projector_is_recognised(tiny_model: Path, tmp_path: Path):
+    """An XLM-R `text_encoder/` (bare tower, XLM-R config) + a one-Linear `text_projector/`."""
+    from safetensors.torch import load_file, save_file
+
+    from sdxs_rt.tiny import text_config
+
+    model = _copy(tiny_model, tmp_path)
+    folder = model / "text_encoder"
+    tensors = load_file(folder / "model.safetensors")
+    tower = {k.removeprefix("text_model."): v for k, v in tensors.items() if "text_model." in k}
+    save_file(tower, folder / "model.safetensors")
+    vocab = tower["embeddings.word_embeddings.weight"].shape[0]
+    (folder / "config.json").write_text(json.dumps(text_config(vocab)))
+    (model / "text_projector").mkdir()
+    projector = {"weight": tensors["text_projector.weight"]}
+    save_file(projector, model / "text_projector" / "model.safetensors")
+    files = resolve_text_encoder(None, resolve_model(str(model)))
+    assert files.dir == folder and files.layout is not None
+    assert files.projector_weights == (model / "text_projector" / "model.safetensors",)
+    assert files.layout.width == 1152 and files.layout.config_source == "config.json"
 
 
 # --- text encoder resolution ------------------------------------------------------------
