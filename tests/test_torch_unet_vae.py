@@ -497,18 +497,30 @@ def test_per_channel_mean_and_std_follow_diffusers() -> None:
     [
         {"scaling_factor": 1.0, "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4},
         {"scaling_factor": 1.0, "latents_mean": [0.0] * 16},
-        {
-            "scaling_factor": 1.0,
-            "shift_factor": 0.2,
-            "latents_mean": [0.0] * 16,
-            "latents_std": [1.0] * 16,
-        },
         {"scaling_factor": 0.0},
     ],
 )
 def test_unsupported_latent_scalings_are_refused(config: dict[str, Any]) -> None:
     with pytest.raises(ModelFormatError):
         latent_scaling_from_config(config, 16)
+
+
+def test_with_shift_and_mean_std_the_card_decode_wins() -> None:
+    """The card decodes `z / scaling_factor + shift_factor` whatever else the config holds."""
+    from sdxs_rt.components import latent_scaling_note
+
+    config = {
+        "scaling_factor": 2.0,
+        "shift_factor": 0.2,
+        "latents_mean": [0.5] * 16,
+        "latents_std": [3.0] * 16,
+    }
+    scaling = latent_scaling_from_config(config, 16)
+    latents = _latents()
+    card = latents / 2.0 + 0.2
+    assert torch.allclose(unscale_latents(latents, scaling, TorchOps("cpu")), card, atol=1e-6)
+    assert "follows the model card" in (latent_scaling_note(config) or "")
+    assert latent_scaling_note({**config, "latents_mean": None, "latents_std": None}) is None
 
 
 def test_missing_scaling_factor_takes_the_diffusers_default() -> None:
