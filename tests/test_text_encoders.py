@@ -20,7 +20,7 @@ from sdxs_rt.backends.torch.text_encoder import (  # noqa: E402
     RemoteCodeTextEncoder,
     load_text_encoder,
 )
-from sdxs_rt.errors import ModelFormatError  # noqa: E402
+from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError  # noqa: E402
 from sdxs_rt.loading import TextEncoderFiles, resolve_model, resolve_text_encoder  # noqa: E402
 from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
 
@@ -280,3 +280,29 @@ def test_remote_code_needs_encode_texts(remote_files: TextEncoderFiles, tmp_path
     module.write_text(module.read_text().replace("def encode_texts", "def embed_texts"))
     with pytest.raises(ModelFormatError, match="no encode_texts method"):
         RemoteCodeTextEncoder.load(files, "cpu", torch.float32)
+
+
+def test_remote_code_missing_package_is_one_sentence_exit_4(
+    remote_files: TextEncoderFiles, tmp_path: Path
+) -> None:
+    files = _edited_copy(remote_files, tmp_path)
+    module = files.dir / REMOTE_CODE_FILE
+    module.write_text("import sdxs_rt_absent_package\n" + module.read_text())
+    with pytest.raises(DeviceError, match=r"sdxs_rt_absent_package.*drop --trust-remote-code"):
+        RemoteCodeTextEncoder.load(files, "cpu", torch.float32)
+
+
+def test_remote_code_needing_the_hub_offline_is_exit_3(
+    remote_files: TextEncoderFiles, tmp_path: Path
+) -> None:
+    """The published code fetches facebook/MEXMA's config at run time; offline that fails."""
+    files = _edited_copy(remote_files, tmp_path)
+    module = files.dir / REMOTE_CODE_FILE
+    source = module.read_text().replace(
+        "text_config = XLMRobertaConfig(**TEXT_CONFIG)",
+        "text_config = XLMRobertaConfig.from_pretrained('facebook/MEXMA')",
+    )
+    module.write_text(source)
+    with pytest.raises(ModelNotFoundError, match=r"could not get .*run it online once") as err:
+        RemoteCodeTextEncoder.load(files, "cpu", torch.float32)
+    assert err.value.exit_code == 3 and "\n" not in str(err.value)

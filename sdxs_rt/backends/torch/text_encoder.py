@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdxs_rt.errors import ModelFormatError
+from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError
 from sdxs_rt.loading import TextEncoderFiles
 from sdxs_rt.text_layout import TOWER_PARTS, TOWER_UNUSED, TextLayout
 
@@ -167,7 +167,18 @@ def _load_remote_model(files: TextEncoderFiles, device: torch.device, dtype: tor
         model = AutoModel.from_pretrained(
             str(files.dir), trust_remote_code=True, dtype=dtype, use_safetensors=True
         )
-    except (ValueError, OSError, KeyError, AttributeError) as exc:
+    except ImportError as exc:  # transformers lists the packages the remote code imports
+        raise DeviceError(
+            f"The remote code of {files.dir} needs Python packages that are not installed "
+            f"({_first_line(exc)}); install them or drop --trust-remote-code."
+        ) from None
+    except OSError as exc:  # e.g. the tower configs the published code fetches from the hub
+        raise ModelNotFoundError(
+            f"The remote code of {files.dir} needs a file it could not get "
+            f"({_first_line(exc)}); it fetches tower configs from the hub, so run it online "
+            "once or drop --trust-remote-code."
+        ) from None
+    except (ValueError, KeyError, AttributeError) as exc:
         raise ModelFormatError(
             f"{files.dir} could not be loaded with its remote code ({_first_line(exc)})."
         ) from None
