@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_generate_parser(commands)
     add_info_parser(commands)
+    add_check_parser(commands)
     add_export_parser(commands)
     add_engine_parser(commands)
     add_bench_parser(commands)
@@ -197,6 +198,12 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def add_check_parser(commands: argparse._SubParsersAction) -> None:
+    from sdxs_rt.check_command import add_check_parser as add_parser
+
+    add_parser(commands)
+
+
 def add_merge_lora_parser(commands: argparse._SubParsersAction) -> None:
     from sdxs_rt.lora_command import add_merge_lora_parser as add_parser
 
@@ -328,6 +335,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return run_generate(args, prompts=read_prompts(args), given_size=parse_size(args))
     if args.command == "info":
         return run_info(args)
+    if args.command == "check":
+        from sdxs_rt.check_command import run_check
+
+        return run_check(args)
     if args.command == "export" and args.export_target == "onnx":
         if hasattr(args, "unavailable"):
             raise EngineError(

@@ -1,0 +1,385 @@
+"""What `generate` would use for a model, and why, read from configs and safetensors headers.
+
+Torch-free and weight-free: only JSON files and the few-kB headers of the weight files are
+read, so a check of the real multi-GB files takes well under a second. Problems are collected
+(a text-width mismatch and a latent-channel mismatch are both listed), each with the exit code
+of `sdxs_rt.errors`. `sdxs-rt check` prints the report; the desktop shows the same text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+from sdxs_rt import hub
+from sdxs_rt.components import latent_scaling_from_config, latent_scaling_note
+from sdxs_rt.errors import EXIT_NOT_FOUND, ModelFormatError, ModelNotFoundError, SdxsError
+from sdxs_rt.loading import (
+    KNOWN_FOLDERS,
+    MODEL_CONFIG_PATTERNS,
+    UNET_FOLDERS,
+    ModelFiles,
+    TextEncoderFiles,
+    check_text_width,
+    native_image_size,
+    resolve_model,
+    resolve_text_encoder,
+    tensor_table,
+)
+from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, check_revision, default_scheduler
+from sdxs_rt.text_layout import TensorInfo
+
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+MEMORY_NOTE = "weights only (activations excluded); the text path leaves its vision tower on disk"
+UNET_KEYS = (
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "transformer_layers_per_block",
+    "attention_head_dim",
+    "cross_attention_dim",
+    "sample_size",
+)
+SCHEDULER_KEYS = (
+    "num_train_timesteps",
+    "beta_schedule",
+    "prediction_type",
+    "timestep_spacing",
+    "steps_offset",
+    "clip_sample",
+    "rescale_betas_zero_snr",
+)
+TEXT_ENCODER_CONFIGS = ("*.json", "*.py", "*.model", "*.txt")  # loading's patterns, no weights
+NOT_DOWNLOADED = (
+    "(sdxs-rt check reads hub files from the cache only and never downloads weights; "
+    "generate fetches them.)"
+)
+UNET_NOTE = "U-Net: "  # how loading's note on the chosen U-Net folder begins
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason `generate` would refuse the model: a sentence and its exit code."""
+
+    message: str
+    exit_code: int
+
+
+@dataclass
+class ModelReport:
+    """The facts of each section as plain JSON-able dicts; `errors` in the order found."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    unet: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    folders: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    deep: dict[str, Any] = field(default_factory=dict)  # filled by `check --deep`
+    resolved: bool = True  # False: the model itself could not be read (one error, no sections)
+    encoder_files: TextEncoderFiles | None = field(default=None, repr=False)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or the first problem's code (they are all 3 today: model or file problems)."""
+        return self.errors[0].exit_code if self.errors else 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("encoder_files")
+        data["errors"] = [problem.message for problem in self.errors]
+        data["exit_code"] = self.exit_code
+        return data
+
+
+# --- entry point ------------------------------------------------------------------------
+
+
+def build_report(
+    spec: str | None,
+    text_encoder: str | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
+) -> ModelReport:
+    """Everything `generate --model spec` would use. Hub files come from the cache only (the
+    small config files of a hub id are fetched first when online): no weight is downloaded."""
+    report = ModelReport()
+    try:
+        check_revision(spec, revision)  # as generate: only hub ids have revisions
+        fetch_configs(spec, revision, "model")
+        with cache_only():
+            files = resolve_model(spec, variant, revision)
+    except SdxsError as exc:
+        report.resolved = False
+        report.model = {"spec": spec, "variant": variant, "revision": revision}
+        report.errors.append(Problem(str(exc), exc.exit_code))
+        return report
+    fill_model_sections(report, files)
+    encoder = _attempt(report, lambda: resolve_encoder(text_encoder, files))
+    if encoder is not None:
+        fill_text_sections(report, files, encoder)
+    elif files.text_encoder_dir is not None and text_encoder is None:
+        report.notes.extend(own_text_encoder_notes(files))
+    report.memory = memory_estimate(report)
+    report.folders = folder_roles(files, encoder)
+    return report
+
+
+def resolve_encoder(spec: str | None, files: ModelFiles) -> TextEncoderFiles:
+    fetch_configs(spec, None, "text encoder")
+    with cache_only():
+        return resolve_text_encoder(spec, files)
+
+
+def fetch_configs(spec: str | None, revision: str | None, what: str) -> None:
+    """A hub id's small files (configs, tokenizer), when online: the rest is read from cache."""
+    if spec is None or hub.local_folder(spec, what) is not None or hub.is_offline():
+        return
+    patterns = MODEL_CONFIG_PATTERNS if what == "model" else TEXT_ENCODER_CONFIGS
+    hub.snapshot(spec, patterns, what, revision)
+
+
+@contextmanager
+def cache_only() -> Iterator[None]:
+    """Hub files from the cache alone (HF_HUB_OFFLINE, which `hub` reads at call time), so a
+    check never downloads weights; a file not cached is named as missing. The process-wide
+    variable is restored on exit: the CLI runs one thing at a time, and the desktop checks
+    only while nothing loads (its model panel is disabled during a run)."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    except ModelNotFoundError as exc:
+        if before is None and "hub cache" in str(exc):  # we, not the user, went offline
+            raise ModelNotFoundError(f"{exc} {NOT_DOWNLOADED}") from None
+        raise
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _attempt(report: ModelReport, step: Callable[[], T]) -> T | None:
+    """Run one check; its SdxsError becomes a listed problem and the others still run."""
+    try:
+        return step()
+    except SdxsError as exc:
+        report.errors.append(Problem(str(exc), exc.exit_code))
+        return None
+
+
+# --- model sections ---------------------------------------------------------------------
+
+
+def fill_model_sections(report: ModelReport, files: ModelFiles) -> None:
+    width, height = native_image_size(files)
+    report.model = {
+        "name": files.name,
+        "path": str(files.root),
+        "hub_id": files.hub_id,
+        "revision": files.revision,
+        "variant": files.variant,
+        "default_size": f"{width}x{height}",
+    }
+    report.unet = {**component_facts(files.unet_dir.name, files.unet_weights), **unet_facts(files)}
+    report.vae = {**component_facts(files.vae_dir.name, files.vae_weights), **vae_facts(files)}
+    report.scheduler = scheduler_facts(files.scheduler_config)
+    chosen = [note for note in files.notes if not note.startswith(UNET_NOTE)]  # in its section
+    report.notes.extend([*chosen, *files.skipped])
+    if note := latent_scaling_note(files.vae_config):
+        report.notes.append(note)
+    _attempt(report, lambda: check_latent_channels(files))
+    _attempt(report, lambda: latent_scaling_from_config(files.vae_config, _latent_channels(files)))
+    _attempt(report, lambda: scheduler_parses(files.scheduler_config))
+
+
+def component_facts(folder: str, weights: Any) -> dict[str, Any]:
+    table = tensor_table([weights])
+    return {"folder": f"{folder}/", "weights": str(weights), **tensor_facts(table)}
+
+
+def tensor_facts(table: Mapping[str, TensorInfo]) -> dict[str, Any]:
+    return {
+        "tensors": len(table),
+        "dtypes": dict(Counter(info.dtype for info in table.values())),
+        "parameters": sum(info.count for info in table.values()),
+    }
+
+
+def unet_facts(files: ModelFiles) -> dict[str, Any]:
+    why = next((n for n in files.notes if n.startswith(UNET_NOTE)), f"{files.unet_dir.name}/")
+    config = {key: files.unet_config[key] for key in UNET_KEYS if key in files.unet_config}
+    return {"why": why.removeprefix(UNET_NOTE), "config": config}
+
+
+def vae_facts(files: ModelFiles) -> dict[str, Any]:
+    config = files.vae_config
+    blocks = config.get("block_out_channels") or []
+    return {
+        "latent_channels": config.get("latent_channels"),
+        "downscale": 2 ** (len(blocks) - 1) if blocks else None,
+        "scaling_factor": config.get("scaling_factor"),
+        "shift_factor": config.get("shift_factor"),
+        "per_channel_mean_std": config.get("latents_mean") is not None,
+        "decode": decode_formula(config),
+    }
+
+
+def decode_formula(vae_config: Mapping[str, Any]) -> str:
+    """How generate maps U-Net latents to VAE latents, in words (see LatentScaling)."""
+    scaling = vae_config.get("scaling_factor")
+    if vae_config.get("shift_factor") is not None or vae_config.get("latents_mean") is None:
+        shift = float(vae_config.get("shift_factor") or 0)
+        return f"z / {scaling} {'-' if shift < 0 else '+'} {abs(shift)}"
+    return f"z * latents_std / {scaling} + latents_mean (per channel)"
+
+
+def scheduler_facts(config: Mapping[str, Any]) -> dict[str, Any]:
+    class_name = config.get("_class_name", "DDPMScheduler")
+    sampler = default_scheduler(dict(config))
+    if class_name in SCHEDULER_BY_CLASS:
+        why = f"the native sampler of {class_name}"
+    else:
+        why = f"{class_name} has no native sampler of the same maths; {sampler} is the default"
+    values = {key: config[key] for key in SCHEDULER_KEYS if key in config}
+    return {"class": class_name, "sampler": sampler, "why": why, "config": values}
+
+
+def scheduler_parses(config: Mapping[str, Any]) -> None:
+    from sdxs_rt.schedules import SchedulerConfig
+
+    SchedulerConfig.from_dict(config)
+
+
+def check_latent_channels(files: ModelFiles) -> None:
+    unet_in = files.unet_config.get("in_channels")
+    unet_out = files.unet_config.get("out_channels")
+    vae = files.vae_config.get("latent_channels")
+    if unet_in != vae:
+        raise ModelFormatError(
+            f"The U-Net in {files.unet_dir} takes {unet_in} latent channels but the VAE in "
+            f"{files.vae_dir} has {vae}: they do not belong together."
+        )
+    if unet_out != unet_in:
+        raise ModelFormatError(
+            f"The U-Net in {files.unet_dir} takes {unet_in} latent channels but predicts "
+            f"{unet_out}; sdxs-rt needs the same number in and out."
+        )
+
+
+def _latent_channels(files: ModelFiles) -> int:
+    return int(files.unet_config.get("in_channels") or 0)
+
+
+# --- text encoder -----------------------------------------------------------------------
+
+
+def fill_text_sections(report: ModelReport, files: ModelFiles, encoder: TextEncoderFiles) -> None:
+    report.encoder_files = encoder
+    report.text_encoder = text_encoder_facts(encoder)
+    report.notes.extend([*encoder.notes, *encoder.skipped])
+    if encoder.layout is None:
+        problem = encoder.layout_problem or f"{encoder.dir} holds no text encoder layout."
+        report.errors.append(Problem(problem, EXIT_NOT_FOUND))
+    _attempt(report, lambda: check_text_width(encoder, files))
+
+
+def text_encoder_facts(encoder: TextEncoderFiles) -> dict[str, Any]:
+    facts: dict[str, Any] = {
+        "name": encoder.name,
+        "folder": str(encoder.dir),
+        "tokenizer": str(encoder.tokenizer_dir),
+        "weights": [str(path) for path in (*encoder.weights, *encoder.projector_weights)],
+        "remote_code": "auto_map" in encoder.config,
+        "problem": encoder.layout_problem,
+    }
+    layout = encoder.layout
+    if layout is None:
+        return facts
+    tower = layout.tower_config
+    return {
+        **facts,
+        "layout": layout.describe(),
+        "dimensions_from": layout.config_source,
+        "hidden_size": tower["hidden_size"],
+        "layers": tower["num_hidden_layers"],
+        "heads": tower["num_attention_heads"],
+        "vocab_size": tower["vocab_size"],
+        "width": layout.width,
+        "projection": layout.projection.rstrip("."),
+        "left_on_disk": dict(layout.unused),
+        "vision_tower_on_disk": layout.has_vision_tower,
+        "dtypes": dict(layout.dtypes),
+        "text_parameters": layout.text_parameters,
+        "vision_parameters": layout.vision_parameters,
+    }
+
+
+def own_text_encoder_notes(files: ModelFiles) -> list[str]:
+    """Why the model's own text_encoder/ was passed over, when the card's one is not at hand."""
+    own = _quiet(lambda: resolve_text_encoder(str(files.text_encoder_dir), files))
+    if own is None or own.layout is None:
+        problem = "it is not understood" if own is None else own.layout_problem
+        return [f"text_encoder/ not used: {problem}"]
+    width = files.cross_attention_dim
+    if width is not None and own.layout.width != width:
+        return [
+            f"text_encoder/ not used: it gives {own.layout.width}-wide vectors and the U-Net "
+            f"takes {width}"
+        ]
+    return []
+
+
+def _quiet(step: Callable[[], T]) -> T | None:
+    try:
+        return step()
+    except SdxsError:
+        return None
+
+
+# --- memory and folders -----------------------------------------------------------------
+
+
+def memory_estimate(report: ModelReport) -> dict[str, Any]:
+    """Bytes of weights per precision: U-Net, VAE and the text path (tower + projection)."""
+    counts = {
+        "unet": report.unet.get("parameters"),
+        "vae": report.vae.get("parameters"),
+        "text_encoder": report.text_encoder.get("text_parameters"),
+    }
+    known = {part: count for part, count in counts.items() if count is not None}
+    estimate: dict[str, Any] = {"note": MEMORY_NOTE, "parameters": known}
+    for precision, size in PRECISION_BYTES.items():
+        per_part = {part: count * size for part, count in known.items()}
+        estimate[precision] = {**per_part, "total": sum(per_part.values())}
+    return estimate
+
+
+def folder_roles(files: ModelFiles, encoder: TextEncoderFiles | None) -> dict[str, str]:
+    """Each folder of the model and what generate does with it."""
+    used = {files.unet_dir, files.vae_dir, files.root / "scheduler"}
+    if encoder is not None:
+        used |= {encoder.dir, encoder.tokenizer_dir, *(p.parent for p in encoder.projector_weights)}
+    folders = sorted(p for p in files.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {f"{p.name}/": _role(p.name, files, p in used) for p in folders}
+
+
+def _role(name: str, files: ModelFiles, used: bool) -> str:
+    if name == files.unet_dir.name:
+        return "U-Net (used)"
+    if name in UNET_FOLDERS:
+        return "another U-Net (not used)"
+    if name in ("vae", "scheduler", *KNOWN_FOLDERS):
+        what = "VAE" if name == "vae" else name.replace("_", " ")
+        return f"{what} ({'used' if used else 'not used'})"
+    return "unknown (ignored)"
