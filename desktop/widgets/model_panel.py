@@ -23,6 +23,7 @@ from sdxs_rt_desktop.widgets.binding import (
     fill_combo,
     follow,
 )
+from sdxs_rt_desktop.widgets.model_report_view import ModelReportView
 
 BACKENDS = (("PyTorch", "torch"), ("ONNX Runtime", "onnx"), ("TensorRT", "tensorrt"))
 PRECISIONS = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
@@ -75,6 +76,8 @@ class ModelPanel(QGroupBox):
         form.addRow("Precision", self._make_precision())
         form.addRow("Device", self._make_device())
         form.addRow(self._make_engine_row())
+        self.report_view = ModelReportView(model)  # `sdxs-rt check` for the chosen model
+        form.addRow("Check", self.report_view)
         follow(model, "backend", self._show_backend)
 
     def _make_model(self) -> PathEdit:
