@@ -84,11 +84,15 @@ def remote_safetensors_header(repo_id: str, filename: str, revision: str | None)
     if is_offline():
         return None
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        NotASafetensorsRepoError,
+        SafetensorsParsingError,
+    )
 
     try:
         return HfApi().parse_safetensors_file_metadata(repo_id, filename, revision=revision)
-    except (HfHubHTTPError, OSError, ValueError):
+    except (HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError, OSError, ValueError):
         return None
 
 

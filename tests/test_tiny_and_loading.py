@@ -438,6 +438,45 @@ def test_an_incomplete_own_text_encoder_falls_back_to_the_card(
     )
 
 
+def _hub_model_without_text_weights(tiny_model: Path, tmp_path: Path, cache: Path) -> None:
+    """What the first, configs-only fetch of a hub model leaves: text_encoder/ without weights."""
+    source = _copy(tiny_model, tmp_path)
+    (source / "text_encoder" / "model.safetensors").unlink()
+    _fake_hub_cache(cache, "org/tiny-sdxs", source)
+    _fake_hub_cache(cache, loading.DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
+
+
+def test_hub_text_encoder_unjudgeable_offline_falls_back_to_the_card(
+    tiny_model: Path, tmp_path: Path, offline_hub: Path
+) -> None:
+    _hub_model_without_text_weights(tiny_model, tmp_path, offline_hub)
+    files = resolve_text_encoder(None, resolve_model("org/tiny-sdxs"))
+    assert files.name == loading.DEFAULT_TEXT_ENCODER
+    assert "not cached and their header is unreachable" in files.skipped[0]
+
+
+def test_hub_text_encoder_judged_by_its_remote_header(
+    tiny_model: Path, tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote header (read with a range request online) saying 1024 wide: not fetched."""
+    from types import SimpleNamespace
+
+    from sdxs_rt import hub
+
+    _hub_model_without_text_weights(tiny_model, tmp_path, offline_hub)
+    table = loading.tensor_table([tiny_model / "text_encoder" / "model.safetensors"])
+    table["text_projector.weight"] = loading.TensorInfo("F32", (1024, 128))
+    header = SimpleNamespace(tensors=table)
+    monkeypatch.setattr(
+        hub,
+        "remote_safetensors_header",
+        lambda repo, name, rev: header if "encoder" in name else None,
+    )
+    files = resolve_text_encoder(None, resolve_model("org/tiny-sdxs"))
+    assert files.name == loading.DEFAULT_TEXT_ENCODER
+    assert "gives 1024-wide vectors and the U-Net takes 1152" in files.skipped[0]
+
+
 def test_a_split_text_encoder_and_projector_is_recognised(tiny_model: Path, tmp_path: Path):
     """An XLM-R `text_encoder/` (bare tower, XLM-R config) + a one-Linear `text_projector/`."""
     from safetensors.torch import load_file, save_file
