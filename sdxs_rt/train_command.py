@@ -50,7 +50,8 @@ HELP = {
     "lora_alpha": "LoRA alpha (default 16)",
     "merge_lora": "LoRA mode: also write output_dir/model with the LoRA merged in",
     "resolution": "bucket long side in px, a multiple of 64 (default 576)",
-    "min_side": "shortest bucket side in px (default 320)",
+    "min_side": "shortest bucket side in px, a multiple of 64 (default: 320/576 of the "
+    "resolution rounded down to 64, at least 64: 320 at 576, 64 at 64 or 128)",
     "allow_upscale": "enlarge images smaller than their bucket instead of shrinking the bucket",
     "caption_dropout": "probability of training on the empty prompt instead (default 0.1)",
     "cache_dir": "latent/embedding cache (default output_dir/cache)",

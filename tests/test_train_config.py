@@ -9,7 +9,7 @@ import pytest
 from sdxs_rt.cli import build_parser
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.train_command import config_from_args
-from sdxs_rt.training.config import load_toml, make_config
+from sdxs_rt.training.config import default_min_side, load_toml, make_config
 
 TOML = """
 model = "some/model"
@@ -82,6 +82,28 @@ def test_bad_values_are_one_sentence_errors(change: dict, words: str) -> None:
     values = {"data": "d", "output_dir": "o", **change}
     with pytest.raises(UsageError, match=words):
         make_config(values)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "expected"),
+    [(576, 320), (64, 64), (128, 64), (256, 128), (512, 256), (768, 384), (1024, 512)],
+)
+def test_min_side_defaults_to_the_sdxs_ratio_of_the_resolution(
+    resolution: int, expected: int
+) -> None:
+    assert default_min_side(resolution) == expected
+    config = make_config(overrides={"data": "d", "output_dir": "o", "resolution": resolution})
+    assert config.min_side is None and config.bucket_min_side == expected
+    given = make_config(overrides={"data": "d", "output_dir": "o", "min_side": 64})
+    assert given.bucket_min_side == 64
+
+
+def test_train_resolution_64_alone_is_a_valid_command() -> None:
+    argv = ["train", "--data", "d", "--output-dir", "o", "--resolution", "64"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.resolution, config.bucket_min_side) == (64, 64)
+    with pytest.raises(UsageError, match="min_side 128 must not exceed the resolution 64"):
+        config_from_args(build_parser().parse_args([*argv, "--min-side", "128"]))
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:

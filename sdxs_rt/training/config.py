@@ -28,6 +28,16 @@ OPTIMIZERS = ("auto", "adamw", "adamw8bit")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOG_WITH = ("tensorboard", "none")
 DEFAULT_LEARNING_RATE = {"full": 1e-5, "lora": 1e-4}
+BUCKET_STEP = 64
+# SDXS's buckets: 576 px long, 320 px shortest. Other resolutions keep that ratio by default.
+DEFAULT_SIDES = (576, 320)
+
+
+def default_min_side(resolution: int) -> int:
+    """320/576 of `resolution`, rounded down to the 64-px step, within [64, resolution]."""
+    long_side, short_side = DEFAULT_SIDES
+    derived = resolution * short_side // long_side // BUCKET_STEP * BUCKET_STEP
+    return min(max(derived, BUCKET_STEP), resolution)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class TrainConfig:
     merge_lora: bool = False  # LoRA mode: also write output_dir/model with the LoRA merged in
     # data and buckets
     resolution: int = 576  # the buckets' long side
-    min_side: int = 320
+    min_side: int | None = None  # None: default_min_side(resolution)
     allow_upscale: bool = False
     caption_dropout: float = 0.1
     cache_dir: str | None = None  # default: output_dir/cache
@@ -94,6 +104,11 @@ class TrainConfig:
         if self.learning_rate is not None:
             return self.learning_rate
         return DEFAULT_LEARNING_RATE[self.mode]
+
+    @property
+    def bucket_min_side(self) -> int:
+        """The shortest bucket side: `min_side`, else derived from the resolution."""
+        return self.min_side if self.min_side is not None else default_min_side(self.resolution)
 
     @property
     def cache_path(self) -> Path:
@@ -208,11 +223,11 @@ def _check_counts(config: TrainConfig) -> None:
         raise UsageError(f"checkpoints_total_limit must be at least 1; got {limit}.")
     for name in ("resolution", "min_side", "validation_size"):
         value = getattr(config, name)
-        if value < 64 or value % 64:
+        if value is not None and (value < BUCKET_STEP or value % BUCKET_STEP):
             raise UsageError(f"{name} must be a multiple of 64 (at least 64); got {value}.")
-    if config.min_side > config.resolution:
+    if config.bucket_min_side > config.resolution:
         raise UsageError(
-            f"min_side {config.min_side} must not exceed the resolution {config.resolution}."
+            f"min_side {config.bucket_min_side} must not exceed the resolution {config.resolution}."
         )
 
 

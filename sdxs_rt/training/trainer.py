@@ -145,7 +145,7 @@ def check_output_dir(config: TrainConfig) -> None:
 
 def prepare_data(config: TrainConfig, files: ModelFiles, accelerator: Any) -> TrainingSet:
     sources = load_sources(config.data)
-    buckets = make_buckets(config.resolution, config.min_side)
+    buckets = make_buckets(config.resolution, config.bucket_min_side)
     chosen = assign_buckets([s.size for s in sources], buckets, config.allow_upscale)
     kept = [(s, b) for s, b in zip(sources, chosen, strict=True) if b is not None]
     skipped = len(sources) - len(kept)
