@@ -236,19 +236,21 @@ def test_images_too_small_for_any_bucket_are_refused(tiny_model: Path, tmp_path:
 
 
 def test_cli_train_end_to_end_and_exit_codes(
-    tiny_model: Path, dataset: Path, small_cache: str, tmp_path: Path
+    tiny_model: Path, dataset: Path, small_cache: str, tmp_path: Path, capfd: Any
 ) -> None:
     from sdxs_rt.cli import main
 
     toml = tmp_path / "train.toml"
-    toml.write_text(
-        f'model = "{tiny_model}"\ndata = "{dataset}"\nresolution = 64\nmin_side = 64\n'
+    toml.write_text(  # min_side left to its default, derived from the resolution
+        f'model = "{tiny_model}"\ndata = "{dataset}"\nresolution = 64\n'
         f'cache_dir = "{small_cache}"\nlog_with = "none"\n',
         encoding="utf-8",
     )
     output = tmp_path / "cli"
     argv = ["train", "--config", str(toml), "--output-dir", str(output), "--max-steps", "1"]
     assert main(argv) == 0
+    log = capfd.readouterr().err  # stderr is no terminal here: plain lines, never a bar
+    assert "training: step 1/1, loss " in log and "\r" not in log and "it/s" not in log
     assert (output / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert main(argv) == 2  # a finished run, no --resume
     assert main([*argv[:-2], "--max-steps", "0"]) == 2

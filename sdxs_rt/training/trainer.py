@@ -23,6 +23,7 @@ from diffusers import UNet2DConditionModel
 from sdxs_rt.backends.torch.weights import load_diffusers_module
 from sdxs_rt.errors import UsageError
 from sdxs_rt.loading import ModelFiles, resolve_model
+from sdxs_rt.progress import bar_wanted, step_progress
 from sdxs_rt.training import checkpoints, outputs
 from sdxs_rt.training.buckets import Bucket, assign_buckets, bucket_batches, make_buckets
 from sdxs_rt.training.cache import CacheRequest, TrainingCache, build_cache
@@ -162,7 +163,7 @@ def prepare_data(config: TrainConfig, files: ModelFiles, accelerator: Any) -> Tr
         config.trust_remote_code,
         config.allow_upscale,
         accelerator.device,
-        show_progress=accelerator.is_local_main_process,
+        show_progress=accelerator.is_local_main_process and bar_wanted(),  # bars: a TTY only
     )
     cache, paths = build_cache(
         request, kept, config.validation_prompts, config.cache_path, accelerator.main_process_first
@@ -251,16 +252,9 @@ def optimizer_step(run: Run, plan: BatchPlan, step: int) -> float:
 
 
 def _progress(run: Run, start: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=run.config.max_steps,
-        initial=start,
-        desc="training",
-        unit="step",
-        disable=not run.accelerator.is_local_main_process,
-        dynamic_ncols=True,
-    )
+    """A bar on a terminal, plain lines in a log (as `generate`), only on the first process."""
+    main = run.accelerator.is_local_main_process
+    return step_progress(run.config.max_steps, start, "training", enabled=main)
 
 
 def after_step(run: Run, step: int, validator: Validator, saved: list[Path]) -> None:
