@@ -10,7 +10,8 @@ from typing import Any
 
 from sdxs_rt.backends.torch.vae import latent_scaling_from_config
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError
-from sdxs_rt.loading import TextEncoderFiles, model_hash
+from sdxs_rt.loading import model_hash
+from sdxs_rt.text_encoder_files import TextEncoderFiles
 
 from .graph_files import install_dir, partial_dir
 from .parity import GraphDims

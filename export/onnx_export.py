@@ -38,13 +38,9 @@ from sdxs_rt.graphs import (
     graph_specs,
     write_manifest,
 )
-from sdxs_rt.loading import (
-    check_text_width,
-    file_sha256,
-    resolve_model,
-    resolve_text_encoder,
-)
+from sdxs_rt.loading import file_sha256, resolve_model
 from sdxs_rt.pipeline import check_revision
+from sdxs_rt.text_encoder_files import check_text_width, resolve_text_encoder
 
 from . import parity
 from .fp16 import convert_to_fp16, emulated_fp16_graph, plan_fp32_nodes

@@ -18,7 +18,8 @@ from torch import nn
 from sdxs_rt.backends.torch.text_encoder import NativeTextEncoder, RemoteCodeTextEncoder
 from sdxs_rt.backends.torch.unet import fold_cross_attention, use_sdpa_attention
 from sdxs_rt.backends.torch.weights import load_diffusers_module
-from sdxs_rt.loading import ModelFiles, TextEncoderFiles
+from sdxs_rt.loading import ModelFiles
+from sdxs_rt.text_encoder_files import TextEncoderFiles
 
 EXPORT_DEVICE = torch.device("cpu")  # tracing and the parity reference run on the CPU
 

@@ -11,17 +11,16 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sdxs_rt import hub
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
-from sdxs_rt.text_layout import TensorInfo, TextLayout, text_layout, unknown_config_error
+from sdxs_rt.text_layout import TensorInfo
 
 DEFAULT_MODEL_NAME = "demo-shapes"
 DEFAULT_IMAGE_SIZE = (576, 576)  # SDXS trains at 576 px (model card)
-DEFAULT_TEXT_ENCODER = "visheratin/mexma-siglip"  # what the SDXS model card loads
 UNET_FOLDERS = ("unet", "sdxs")  # one published revision kept the U-Net in `sdxs/`
 WEIGHTS_STEM_DIFFUSERS = "diffusion_pytorch_model"
 WEIGHTS_STEM_TRANSFORMERS = "model"
@@ -49,14 +48,6 @@ SUPPORTED_SCHEDULERS = frozenset(
 KNOWN_FOLDERS = ("vae", "scheduler", "text_encoder", "text_projector", "tokenizer")
 # The small files read before deciding which weights to fetch from the hub.
 MODEL_CONFIG_PATTERNS = ("model_index.json", "*/config.json", "scheduler/*.json", "tokenizer/*")
-TEXT_ENCODER_PATTERNS = (
-    "*.json",
-    "*.py",
-    "*.model",
-    "*.txt",
-    f"{WEIGHTS_STEM_TRANSFORMERS}.safetensors",
-    f"{WEIGHTS_STEM_TRANSFORMERS}-*.safetensors",
-)
 UNET_REQUIRED_KEYS = ("in_channels", "out_channels", "block_out_channels", "cross_attention_dim")
 VAE_REQUIRED_KEYS = ("latent_channels", "block_out_channels", "scaling_factor")
 
@@ -90,28 +81,6 @@ class ModelFiles:
         return int(width) if isinstance(width, int) else None
 
 
-@dataclass(frozen=True)
-class TextEncoderFiles:
-    """A text encoder folder (config.json + safetensors) and the tokenizer that goes with it."""
-
-    dir: Path
-    tokenizer_dir: Path
-    name: str
-    config: dict[str, Any] = field(default_factory=dict)
-    weights: tuple[Path, ...] = ()
-    projector_weights: tuple[Path, ...] = ()  # a separate `text_projector/` (split layout)
-    layout: TextLayout | None = None  # None: not understood natively (see layout_problem)
-    layout_problem: str | None = None
-    notes: tuple[str, ...] = ()
-    skipped: tuple[str, ...] = ()
-
-    def native_layout(self) -> TextLayout:
-        """The layout the native loader follows, or the ModelFormatError saying why not."""
-        if self.layout is None:
-            raise ModelFormatError(self.layout_problem or f"{self.dir} has no text encoder layout.")
-        return self.layout
-
-
 # --- public entry points ----------------------------------------------------------------
 
 
@@ -121,11 +90,15 @@ def default_model_path() -> Path:
 
 
 def resolve_model(
-    spec: str | None, variant: str | None = None, revision: str | None = None
+    spec: str | None,
+    variant: str | None = None,
+    revision: str | None = None,
+    fetch_weights: bool = True,
 ) -> ModelFiles:
     """A model folder, a hub repo id or None (the packaged default) -> its checked files.
     From the hub only what is used is fetched: configs first, then the chosen U-Net's weights
-    and the VAE's (never two U-Nets)."""
+    and the VAE's (never two U-Nets). `fetch_weights=False` stops after the configs: weights
+    not in the cache are then judged by their remote headers (`weights_table`)."""
     if variant not in (None, "fp16"):
         raise UsageError(f"Unknown weights variant {variant!r}: expected none or 'fp16'.")
     if spec is None:
@@ -135,9 +108,29 @@ def resolve_model(
         return _resolve_model_folder(local, local.resolve().name, variant)
     configs = hub.snapshot(spec, MODEL_CONFIG_PATTERNS, "model", revision)
     unet_folder, _, _ = choose_unet_folder(configs)
-    root = hub.snapshot(spec, _weight_patterns((unet_folder, "vae"), variant), "model", revision)
-    files = _resolve_model_folder(root, spec, variant)
+    folders = (unet_folder, "vae") if fetch_weights else ()
+    root = hub.snapshot(spec, _weight_patterns(folders, variant), "model", revision)
+    files = _resolve_model_folder(root, spec, variant, weights_required=fetch_weights)
     return replace(files, revision=revision, hub_id=spec)
+
+
+def weights_table(path: Path, files: ModelFiles) -> dict[str, TensorInfo]:
+    """The tensors of one weights file: from its header on disk, else (a hub model resolved
+    without its weights) from its header on the hub, a few kB read with a range request."""
+    if path.is_file() or files.hub_id is None:
+        return tensor_table([path])
+    relative = path.relative_to(files.root).as_posix()
+    return remote_table(files.hub_id, relative, files.revision)
+
+
+def remote_table(repo_id: str, filename: str, revision: str | None) -> dict[str, TensorInfo]:
+    header = hub.remote_safetensors_header(repo_id, filename, revision)
+    if header is None:
+        raise ModelNotFoundError(
+            f"{repo_id}/{filename} is not in the hub cache and its header could not be read "
+            "from the hub (offline or unreachable)."
+        )
+    return {k: TensorInfo(str(v.dtype), tuple(v.shape)) for k, v in header.tensors.items()}
 
 
 def native_image_size(files: ModelFiles) -> tuple[int, int]:
@@ -151,38 +144,6 @@ def native_image_size(files: ModelFiles) -> tuple[int, int]:
     if isinstance(sample, list | tuple) and len(sample) == 2 and all(int(v) > 0 for v in sample):
         return int(sample[1]) * scale, int(sample[0]) * scale
     return DEFAULT_IMAGE_SIZE
-
-
-def resolve_text_encoder(
-    spec: str | None, model: ModelFiles, revision: str | None = None
-) -> TextEncoderFiles:
-    """Explicit spec (folder or hub id; `revision` applies to it) > the model's own
-    `text_encoder/` when it is complete for this U-Net > the model card's Mexma-SigLIP."""
-    if spec is not None:
-        folder = hub.local_or_snapshot(spec, TEXT_ENCODER_PATTERNS, "text encoder", revision)
-        if not (folder / "config.json").is_file() and (folder / "text_encoder").is_dir():
-            folder = folder / "text_encoder"  # a whole model folder was given
-        return _text_encoder_files(folder, spec, model, notes=(f"text encoder: {spec} (given)",))
-    own, why_not = _own_text_encoder(model)
-    if own is not None:
-        return own
-    folder = hub.snapshot(DEFAULT_TEXT_ENCODER, TEXT_ENCODER_PATTERNS, "text encoder", None)
-    note = f"text encoder: {DEFAULT_TEXT_ENCODER} (the model card's)"
-    files = _text_encoder_files(folder, DEFAULT_TEXT_ENCODER, model, notes=(note,))
-    skipped = () if model.text_encoder_dir is None else (f"text_encoder/ not used: {why_not}",)
-    return replace(files, skipped=skipped)
-
-
-def check_text_width(encoder: TextEncoderFiles, model: ModelFiles) -> None:
-    """Refuse, before any weight is read, a text encoder whose vectors the U-Net cannot take."""
-    expected = model.cross_attention_dim
-    if encoder.layout is None or expected is None or encoder.layout.width == expected:
-        return
-    raise ModelFormatError(
-        f"The text encoder {encoder.name} gives {encoder.layout.width}-wide vectors but the "
-        f"U-Net in {model.unet_dir} cross-attends to {expected}-wide ones: they do not belong "
-        "together (pass --text-encoder with a matching one)."
-    )
 
 
 def tensor_table(paths: Iterable[Path]) -> dict[str, TensorInfo]:
@@ -296,7 +257,9 @@ def user_cache_dir() -> Path:
 # --- model folders ----------------------------------------------------------------------
 
 
-def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFiles:
+def _resolve_model_folder(
+    root: Path, name: str, variant: str | None, weights_required: bool = True
+) -> ModelFiles:
     if not root.is_dir():
         raise ModelNotFoundError(f"The model folder {root} does not exist.")
     unet_folder, unet_note, unused_unets = choose_unet_folder(root)
@@ -319,11 +282,20 @@ def _resolve_model_folder(root: Path, name: str, variant: str | None) -> ModelFi
         variant=variant,
         unet_config=unet_config,
         vae_config=vae_config,
-        unet_weights=weights_path(unet_dir, WEIGHTS_STEM_DIFFUSERS, variant),
-        vae_weights=weights_path(vae_dir, WEIGHTS_STEM_DIFFUSERS, variant),
+        unet_weights=_component_weights(unet_dir, variant, weights_required),
+        vae_weights=_component_weights(vae_dir, variant, weights_required),
         notes=(unet_note,),
         skipped=(*unused_unets, *_unknown_folder_notes(root, unet_folder)),
     )
+
+
+def _component_weights(folder: Path, variant: str | None, required: bool) -> Path:
+    """The checked weights file; without `required`, where it would be when not fetched."""
+    name = f"{WEIGHTS_STEM_DIFFUSERS}.{variant}" if variant else WEIGHTS_STEM_DIFFUSERS
+    expected = folder / f"{name}.safetensors"
+    if required or expected.is_file():
+        return weights_path(folder, WEIGHTS_STEM_DIFFUSERS, variant)
+    return expected
 
 
 def choose_unet_folder(root: Path) -> tuple[str, str, list[str]]:
@@ -394,121 +366,6 @@ def _optional_dir(folder: Path, any_of: tuple[str, ...]) -> Path | None:
     return folder if any((folder / name).is_file() for name in any_of) else None
 
 
-# --- text encoders ----------------------------------------------------------------------
-
-
-def _own_text_encoder(model: ModelFiles) -> tuple[TextEncoderFiles | None, str]:
-    """The model's `text_encoder/` when it is complete for this U-Net, else (None, why not)."""
-    folder = model.text_encoder_dir
-    if folder is None:
-        return None, f"{model.name} has no text_encoder/ folder"
-    if model.hub_id is not None and not _has_safetensors(folder):
-        fetched, why_not = _fetch_own_text_encoder(model)
-        if fetched is None:
-            return None, why_not
-    note = f"text encoder: {model.name}/text_encoder (the model's own, complete for its U-Net)"
-    try:
-        files = _text_encoder_files(folder, f"{model.name}/text_encoder", model, notes=(note,))
-    except (ModelNotFoundError, ModelFormatError) as exc:
-        return None, f"its text_encoder/ is not usable ({exc})"
-    if files.layout is None:
-        return None, f"its text_encoder/ is not understood ({files.layout_problem})"
-    if model.cross_attention_dim not in (None, files.layout.width):
-        return None, (
-            f"its text_encoder/ gives {files.layout.width}-wide vectors and the U-Net takes "
-            f"{model.cross_attention_dim}"
-        )
-    return files, ""
-
-
-def _has_safetensors(folder: Path) -> bool:
-    return any(folder.glob("*.safetensors"))
-
-
-def _fetch_own_text_encoder(model: ModelFiles) -> tuple[Path | None, str]:
-    """Judge a hub model's text_encoder/ from its remote header; fetch it only if it fits."""
-    assert model.hub_id is not None
-    tables = []
-    for name in ("text_encoder/model.safetensors", "text_projector/model.safetensors"):
-        header = hub.remote_safetensors_header(model.hub_id, name, model.revision)
-        tables.append(
-            None
-            if header is None
-            else {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in header.tensors.items()}
-        )
-    if tables[0] is None:
-        return None, "its text_encoder/ weights are not cached and their header is unreachable"
-    config = read_json_config(model.root / "text_encoder" / "config.json")
-    try:
-        layout = text_layout(tables[0], config, f"{model.hub_id}/text_encoder")
-    except ModelFormatError as exc:
-        if tables[1] is None:
-            return None, f"its text_encoder/ is not understood ({exc})"
-        layout = text_layout(tables[0], config, f"{model.hub_id}/text_encoder", tables[1])
-    if model.cross_attention_dim not in (None, layout.width):
-        return None, (
-            f"its text_encoder/ gives {layout.width}-wide vectors and the U-Net takes "
-            f"{model.cross_attention_dim}"
-        )
-    patterns = [f"text_encoder/{p}" for p in TEXT_ENCODER_PATTERNS] + ["text_projector/*"]
-    return hub.snapshot(model.hub_id, patterns, "model", model.revision), ""
-
-
-def _text_encoder_files(
-    folder: Path, name: str, model: ModelFiles, notes: tuple[str, ...]
-) -> TextEncoderFiles:
-    config = read_json_config(folder / "config.json")
-    weights = tuple(weight_files(folder, WEIGHTS_STEM_TRANSFORMERS, None))
-    projector = _projector_weights(folder.parent / "text_projector")
-    tensors = tensor_table(weights)
-    where = str(folder)
-    layout, problem = None, None
-    try:
-        if unknown := unknown_config_error(config, str(folder / "config.json")):
-            raise unknown
-        try:
-            layout = text_layout(tensors, config, where)
-        except ModelFormatError:
-            if not projector:  # a bare XLM-R may have its projection in text_projector/
-                raise
-            layout = text_layout(tensors, config, where, projector=tensor_table(projector))
-        else:
-            projector = ()
-    except ModelFormatError as exc:
-        problem = str(exc)
-    return TextEncoderFiles(
-        dir=folder,
-        tokenizer_dir=_tokenizer_dir_for(folder, model),
-        name=name,
-        config=config,
-        weights=weights,
-        projector_weights=projector,
-        layout=layout,
-        layout_problem=problem,
-        notes=notes,
-    )
-
-
-def _projector_weights(folder: Path) -> tuple[Path, ...]:
-    if not folder.is_dir():
-        return ()
-    files = sorted(folder.glob("*.safetensors"))
-    for path in files:
-        check_safetensors(path)
-    return tuple(files)
-
-
-def _tokenizer_dir_for(text_encoder_dir: Path, model: ModelFiles) -> Path:
-    if _optional_dir(text_encoder_dir, TOKENIZER_FILES):
-        return text_encoder_dir
-    if model.tokenizer_dir is not None:
-        return model.tokenizer_dir
-    raise ModelNotFoundError(
-        f"No tokenizer found: neither {text_encoder_dir} nor {model.root / 'tokenizer'} "
-        f"holds {' or '.join(TOKENIZER_FILES)}."
-    )
-
-
 def _weight_patterns(folders: Iterable[str], variant: str | None) -> list[str]:
     """Configs plus the asked weights variant of `folders`: never the whole repo."""
     weights = f"{WEIGHTS_STEM_DIFFUSERS}.{variant}" if variant else WEIGHTS_STEM_DIFFUSERS
@@ -517,7 +374,7 @@ def _weight_patterns(folders: Iterable[str], variant: str | None) -> list[str]:
         patterns += [f"{folder}/{weights}.safetensors", f"{folder}/{weights}-*.safetensors"]
         patterns.append(f"{folder}/{weights}.safetensors.index.json")
     # The model's own text encoder: configs and tokenizer only; its weights are fetched once
-    # its header shows it fits this U-Net (see _own_text_encoder).
+    # its header shows it fits this U-Net (see sdxs_rt.text_encoder_files).
     return [*patterns, "text_encoder/*.json", "text_encoder/*.model", "text_projector/*.json"]
 
 

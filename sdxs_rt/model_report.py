@@ -8,29 +8,24 @@ of `sdxs_rt.errors`. `sdxs-rt check` prints the report; the desktop shows the sa
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sdxs_rt import hub
 from sdxs_rt.components import latent_scaling_from_config, latent_scaling_note
-from sdxs_rt.errors import EXIT_NOT_FOUND, ModelFormatError, ModelNotFoundError, SdxsError
+from sdxs_rt.errors import EXIT_NOT_FOUND, ModelFormatError, SdxsError
 from sdxs_rt.loading import (
     KNOWN_FOLDERS,
-    MODEL_CONFIG_PATTERNS,
     UNET_FOLDERS,
     ModelFiles,
-    TextEncoderFiles,
-    check_text_width,
     native_image_size,
     resolve_model,
-    resolve_text_encoder,
-    tensor_table,
+    weights_table,
 )
 from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, check_revision, default_scheduler
+from sdxs_rt.text_encoder_files import TextEncoderFiles, check_text_width, resolve_text_encoder
 from sdxs_rt.text_layout import TensorInfo
 
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -53,11 +48,6 @@ SCHEDULER_KEYS = (
     "steps_offset",
     "clip_sample",
     "rescale_betas_zero_snr",
-)
-TEXT_ENCODER_CONFIGS = ("*.json", "*.py", "*.model", "*.txt")  # loading's patterns, no weights
-NOT_DOWNLOADED = (
-    "(sdxs-rt check reads hub files from the cache only and never downloads weights; "
-    "generate fetches them.)"
 )
 UNET_NOTE = "U-Net: "  # how loading's note on the chosen U-Net folder begins
 T = TypeVar("T")
@@ -110,21 +100,21 @@ def build_report(
     variant: str | None = None,
     revision: str | None = None,
 ) -> ModelReport:
-    """Everything `generate --model spec` would use. Hub files come from the cache only (the
-    small config files of a hub id are fetched first when online): no weight is downloaded."""
+    """Everything `generate --model spec` would use, from configs and safetensors headers only:
+    hub weights not in the cache are judged by their remote headers, never downloaded."""
     report = ModelReport()
     try:
         check_revision(spec, revision)  # as generate: only hub ids have revisions
-        fetch_configs(spec, revision, "model")
-        with cache_only():
-            files = resolve_model(spec, variant, revision)
+        files = resolve_model(spec, variant, revision, fetch_weights=False)
     except SdxsError as exc:
         report.resolved = False
         report.model = {"spec": spec, "variant": variant, "revision": revision}
         report.errors.append(Problem(str(exc), exc.exit_code))
         return report
     fill_model_sections(report, files)
-    encoder = _attempt(report, lambda: resolve_encoder(text_encoder, files))
+    encoder = _attempt(
+        report, lambda: resolve_text_encoder(text_encoder, files, fetch_weights=False)
+    )
     if encoder is not None:
         fill_text_sections(report, files, encoder)
     elif files.text_encoder_dir is not None and text_encoder is None:
@@ -132,41 +122,6 @@ def build_report(
     report.memory = memory_estimate(report)
     report.folders = folder_roles(files, encoder)
     return report
-
-
-def resolve_encoder(spec: str | None, files: ModelFiles) -> TextEncoderFiles:
-    fetch_configs(spec, None, "text encoder")
-    with cache_only():
-        return resolve_text_encoder(spec, files)
-
-
-def fetch_configs(spec: str | None, revision: str | None, what: str) -> None:
-    """A hub id's small files (configs, tokenizer), when online: the rest is read from cache."""
-    if spec is None or hub.local_folder(spec, what) is not None or hub.is_offline():
-        return
-    patterns = MODEL_CONFIG_PATTERNS if what == "model" else TEXT_ENCODER_CONFIGS
-    hub.snapshot(spec, patterns, what, revision)
-
-
-@contextmanager
-def cache_only() -> Iterator[None]:
-    """Hub files from the cache alone (HF_HUB_OFFLINE, which `hub` reads at call time), so a
-    check never downloads weights; a file not cached is named as missing. The process-wide
-    variable is restored on exit: the CLI runs one thing at a time, and the desktop checks
-    only while nothing loads (its model panel is disabled during a run)."""
-    before = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    except ModelNotFoundError as exc:
-        if before is None and "hub cache" in str(exc):  # we, not the user, went offline
-            raise ModelNotFoundError(f"{exc} {NOT_DOWNLOADED}") from None
-        raise
-    finally:
-        if before is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = before
 
 
 def _attempt(report: ModelReport, step: Callable[[], T]) -> T | None:
@@ -191,8 +146,12 @@ def fill_model_sections(report: ModelReport, files: ModelFiles) -> None:
         "variant": files.variant,
         "default_size": f"{width}x{height}",
     }
-    report.unet = {**component_facts(files.unet_dir.name, files.unet_weights), **unet_facts(files)}
-    report.vae = {**component_facts(files.vae_dir.name, files.vae_weights), **vae_facts(files)}
+    unet, vae = files.unet_weights, files.vae_weights
+    report.unet = {**component_facts(files.unet_dir.name, unet, files), **unet_facts(files)}
+    report.vae = {**component_facts(files.vae_dir.name, vae, files), **vae_facts(files)}
+    for section in (report.unet, report.vae):
+        if (problem := section.pop("problem", None)) is not None:
+            report.errors.append(problem)
     report.scheduler = scheduler_facts(files.scheduler_config)
     chosen = [note for note in files.notes if not note.startswith(UNET_NOTE)]  # in its section
     report.notes.extend([*chosen, *files.skipped])
@@ -203,9 +162,12 @@ def fill_model_sections(report: ModelReport, files: ModelFiles) -> None:
     _attempt(report, lambda: scheduler_parses(files.scheduler_config))
 
 
-def component_facts(folder: str, weights: Any) -> dict[str, Any]:
-    table = tensor_table([weights])
-    return {"folder": f"{folder}/", "weights": str(weights), **tensor_facts(table)}
+def component_facts(folder: str, weights: Path, files: ModelFiles) -> dict[str, Any]:
+    facts: dict[str, Any] = {"folder": f"{folder}/", "weights": str(weights)}
+    try:
+        return {**facts, **tensor_facts(weights_table(weights, files))}
+    except SdxsError as exc:  # a header neither cached nor reachable: named, the rest goes on
+        return {**facts, "problem": Problem(str(exc), exc.exit_code)}
 
 
 def tensor_facts(table: Mapping[str, TensorInfo]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ problem listed with exit code 3; `--deep` compares the native and remote-code te
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +14,7 @@ from typing import Any
 import pytest
 
 from sdxs_rt.cli import main
-from sdxs_rt.errors import ModelNotFoundError
-from sdxs_rt.loading import MODEL_CONFIG_PATTERNS, read_json_config
+from sdxs_rt.loading import read_json_config
 from sdxs_rt.model_report_text import OK_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,31 +189,60 @@ def test_a_revision_for_a_local_folder_is_a_usage_error(
     assert code == 2 and out == "" and "hub repo ids only" in err
 
 
-def test_a_hub_model_is_read_from_the_cache_only(
-    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def _hub_configs_only(model: Path, cache: Path, repo_id: str) -> Path:
+    """A hub cache holding a repo's configs and tokenizer, none of its weights (what the
+    configs-only fetch of `check` leaves), as huggingface_hub lays it out."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / sha
+    shutil.copytree(model, snapshot, ignore=shutil.ignore_patterns("*.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    return snapshot
+
+
+@pytest.fixture
+def hub_without_weights(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return _hub_configs_only(tiny_model, tmp_path / "hub", "org/sdxs-like")
+
+
+def test_a_hub_model_is_judged_by_its_remote_headers(
+    tiny_model: Path,
+    hub_without_weights: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Online, only the config files are fetched; the rest resolves with HF_HUB_OFFLINE on, so
-    weights that are not cached are named as missing, never downloaded."""
+    """Weights not in the cache are read as headers from the hub (here: the real headers of
+    the tiny model's files stand in for the range requests), and never downloaded."""
+    from types import SimpleNamespace
+
     from sdxs_rt import hub
+    from sdxs_rt.loading import tensor_table
 
-    calls: list[tuple[tuple[str, ...], bool, str | None]] = []
+    def remote_header(repo_id: str, filename: str, revision: str | None) -> object:
+        assert repo_id == "org/sdxs-like"
+        path = tiny_model / filename
+        return SimpleNamespace(tensors=tensor_table([path])) if path.is_file() else None
 
-    def fake_snapshot(repo_id: str, patterns: Any, what: str, revision: str | None) -> Path:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        calls.append((tuple(patterns), offline, revision))
-        if any(pattern.endswith(".safetensors") for pattern in patterns):
-            raise ModelNotFoundError(f"The {what} {repo_id} is not in the hub cache.")
-        return tiny_model
+    monkeypatch.setattr(hub, "remote_safetensors_header", remote_header)
+    code, report = check_json(capsys, "org/sdxs-like")
+    assert code == 0, report["errors"]
+    unet_table = tensor_table([tiny_model / "unet" / "diffusion_pytorch_model.safetensors"])
+    assert report["unet"]["tensors"] == len(unet_table)
+    assert report["text_encoder"]["width"] == 1152
+    assert not list(hub_without_weights.rglob("*.safetensors"))  # nothing was downloaded
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(hub, "snapshot", fake_snapshot)
-    monkeypatch.setattr(hub, "is_offline", lambda: os.environ.get("HF_HUB_OFFLINE") == "1")
-    code, report = check_json(capsys, "org/sdxs-like", "--revision", "abc123")
-    assert code == 3 and "never downloads weights" in report["errors"][0]
-    (patterns, offline, revision), *resolution = calls
-    assert patterns == MODEL_CONFIG_PATTERNS and not offline and revision == "abc123"
-    assert resolution and all(offline for _, offline, _ in resolution)
-    assert "HF_HUB_OFFLINE" not in os.environ  # restored
+
+def test_a_hub_model_offline_without_its_weights_names_what_is_missing(
+    hub_without_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, report = check_json(capsys, "org/sdxs-like")
+    assert code == 3
+    assert "unet/diffusion_pytorch_model.safetensors is not in the hub cache" in " ".join(
+        report["errors"]
+    )
 
 
 # --- cost and the deep comparison -------------------------------------------------------

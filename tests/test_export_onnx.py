@@ -51,7 +51,8 @@ def fp16_export(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> E
 
 
 def _source(model: Path, **options: bool) -> ExportSource:
-    from sdxs_rt.loading import resolve_model, resolve_text_encoder
+    from sdxs_rt.loading import resolve_model
+    from sdxs_rt.text_encoder_files import resolve_text_encoder
 
     files = resolve_model(str(model))
     return ExportSource(files, resolve_text_encoder(None, files), **options)

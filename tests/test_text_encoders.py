@@ -21,7 +21,8 @@ from sdxs_rt.backends.torch.text_encoder import (  # noqa: E402
     load_text_encoder,
 )
 from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError  # noqa: E402
-from sdxs_rt.loading import TextEncoderFiles, resolve_model, resolve_text_encoder  # noqa: E402
+from sdxs_rt.loading import resolve_model  # noqa: E402
+from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder  # noqa: E402
 from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
 
 PROMPTS = [

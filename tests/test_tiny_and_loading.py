@@ -18,9 +18,9 @@ from sdxs_rt.loading import (
     default_model_path,
     model_hash,
     resolve_model,
-    resolve_text_encoder,
     weights_path,
 )
+from sdxs_rt.text_encoder_files import DEFAULT_TEXT_ENCODER, resolve_text_encoder
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -409,7 +409,7 @@ def test_default_text_encoder_comes_from_the_hub_cache(
     model = _copy(tiny_model, tmp_path)
     shutil.rmtree(model / "text_encoder")
     card = build_tiny_text_encoder(tmp_path / "mexma-siglip")
-    _fake_hub_cache(offline_hub, loading.DEFAULT_TEXT_ENCODER, card)
+    _fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, card)
     files = resolve_text_encoder(None, resolve_model(str(model)))
     assert files.name == "visheratin/mexma-siglip" and files.skipped == ()
     assert files.tokenizer_dir == files.dir  # the hub folder carries its own tokenizer
@@ -427,11 +427,9 @@ def test_an_incomplete_own_text_encoder_falls_back_to_the_card(
     tensors = load_file(weights)
     tensors["text_projector.weight"] = tensors["text_projector.weight"][:1024]
     save_file(tensors, weights)
-    _fake_hub_cache(
-        offline_hub, loading.DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c")
-    )
+    _fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
     files = resolve_text_encoder(None, resolve_model(str(model)))
-    assert files.name == loading.DEFAULT_TEXT_ENCODER
+    assert files.name == DEFAULT_TEXT_ENCODER
     assert files.skipped == (
         "text_encoder/ not used: its text_encoder/ gives 1024-wide vectors and the U-Net "
         "takes 1152",
@@ -443,7 +441,7 @@ def _hub_model_without_text_weights(tiny_model: Path, tmp_path: Path, cache: Pat
     source = _copy(tiny_model, tmp_path)
     (source / "text_encoder" / "model.safetensors").unlink()
     _fake_hub_cache(cache, "org/tiny-sdxs", source)
-    _fake_hub_cache(cache, loading.DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
+    _fake_hub_cache(cache, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
 
 
 def test_hub_text_encoder_unjudgeable_offline_falls_back_to_the_card(
@@ -451,8 +449,8 @@ def test_hub_text_encoder_unjudgeable_offline_falls_back_to_the_card(
 ) -> None:
     _hub_model_without_text_weights(tiny_model, tmp_path, offline_hub)
     files = resolve_text_encoder(None, resolve_model("org/tiny-sdxs"))
-    assert files.name == loading.DEFAULT_TEXT_ENCODER
-    assert "not cached and their header is unreachable" in files.skipped[0]
+    assert files.name == DEFAULT_TEXT_ENCODER
+    assert "its header could not be read from the hub" in files.skipped[0]
 
 
 def test_hub_text_encoder_judged_by_its_remote_header(
@@ -473,7 +471,7 @@ def test_hub_text_encoder_judged_by_its_remote_header(
         lambda repo, name, rev: header if "encoder" in name else None,
     )
     files = resolve_text_encoder(None, resolve_model("org/tiny-sdxs"))
-    assert files.name == loading.DEFAULT_TEXT_ENCODER
+    assert files.name == DEFAULT_TEXT_ENCODER
     assert "gives 1024-wide vectors and the U-Net takes 1152" in files.skipped[0]
 
 

@@ -28,8 +28,9 @@ from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.vae import latent_scaling_from_config
 from sdxs_rt.backends.torch.weights import load_diffusers_module, save_safetensors_atomic
 from sdxs_rt.components import LatentScaling
-from sdxs_rt.loading import ModelFiles, TextEncoderFiles, file_sha256, resolve_text_encoder
+from sdxs_rt.loading import ModelFiles, file_sha256
 from sdxs_rt.pipeline import scale_latents
+from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder
 from sdxs_rt.training.buckets import Bucket, resize_and_crop
 from sdxs_rt.training.sources import ImageSource
 

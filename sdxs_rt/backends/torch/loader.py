@@ -21,14 +21,8 @@ from sdxs_rt.backends.torch.unet import TorchUNet
 from sdxs_rt.backends.torch.vae import TorchVAEDecoder, latent_scaling_from_config
 from sdxs_rt.components import Components, latent_scaling_note
 from sdxs_rt.errors import OutOfMemoryError
-from sdxs_rt.loading import (
-    ModelFiles,
-    TextEncoderFiles,
-    check_text_width,
-    model_hash,
-    resolve_model,
-    resolve_text_encoder,
-)
+from sdxs_rt.loading import ModelFiles, model_hash, resolve_model
+from sdxs_rt.text_encoder_files import TextEncoderFiles, check_text_width, resolve_text_encoder
 
 logger = logging.getLogger(__name__)
 

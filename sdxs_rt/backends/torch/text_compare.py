@@ -14,7 +14,7 @@ import torch
 
 from sdxs_rt.backends.torch.text_encoder import NativeTextEncoder, RemoteCodeTextEncoder
 from sdxs_rt.errors import ModelFormatError, SdxsError
-from sdxs_rt.loading import TextEncoderFiles
+from sdxs_rt.text_encoder_files import TextEncoderFiles
 
 T = TypeVar("T")
 WHAT = "native vs remote-code text path, cpu float32, largest absolute difference per prompt"

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError
-from sdxs_rt.loading import TextEncoderFiles
+from sdxs_rt.text_encoder_files import TextEncoderFiles
 from sdxs_rt.text_layout import TOWER_PARTS, TOWER_UNUSED, TextLayout
 
 MAX_TOKENS = 512  # the card truncates at 512; XLM-R has 514 positions (2 are offsets)
