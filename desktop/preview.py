@@ -1,11 +1,16 @@
 """Live previews from latents: a 16->3 linear map (plus bias), never a VAE decode.
 
-The map is fitted once per VAE by least squares: a few seeded random latents are decoded with the
-pipeline, the decoded images are average-pooled to latent resolution, and `numpy.linalg.lstsq`
-finds the weights that best predict each pooled RGB pixel from the latent channels under it. The
-fit is cached as JSON (`$SDXS_RT_CACHE/previews/`, else `~/.cache/sdxs-rt/previews/`), so later
-sessions only read it. Projecting is a (h*w, 16) x (16, 3) product: well under a millisecond at
-576 px, then an 8x upscale.
+The map comes, first found first, from:
+1. `preview_maps/<model>-<hash>.json` shipped with the app: fitted offline on the model's own
+   generated images (`fit_preview.py`; the built-in demo model has one). Keyed by the U-Net's
+   hash, so every backend of that model uses it and retrained weights never get a stale map.
+2. the user's cache (`$SDXS_RT_CACHE/previews/`, else `~/.cache/sdxs-rt/previews/`);
+3. a fit made now, then cached: a few seeded random latents are decoded with the pipeline, the
+   images average-pooled to latent resolution, and `numpy.linalg.lstsq` finds the weights that
+   best predict each pooled RGB pixel from the latent channels under it. Generic and cheap, but
+   random latents are not what a trained U-Net makes, so such a map gets colours only roughly.
+Projecting is a (h*w, 16) x (16, 3) product: well under a millisecond at 576 px, then an 8x
+upscale.
 """
 
 from __future__ import annotations
@@ -44,14 +49,15 @@ class LatentProjection:
         channels_last = np.moveaxis(np.asarray(latents, dtype=np.float32), 0, -1)
         return np.clip(channels_last @ self.weights + self.bias, 0.0, 1.0)
 
-    def to_json(self) -> str:
+    def to_json(self, indent: int | None = None) -> str:
         return json.dumps(
             {
                 "format": CACHE_FORMAT,
                 "weights": self.weights.tolist(),
                 "bias": self.bias.tolist(),
                 "fit_r2": self.fit_r2,
-            }
+            },
+            indent=indent,
         )
 
     @classmethod
@@ -68,6 +74,11 @@ class LatentProjection:
 
 def preview_cache_dir() -> Path:
     return user_cache_dir() / "previews"
+
+
+def shipped_dir() -> Path:
+    """Maps fitted offline on models' own images (see fit_preview.py), shipped with the app."""
+    return Path(__file__).resolve().parent / "preview_maps"
 
 
 def cache_name(info: dict[str, Any]) -> str:
@@ -131,6 +142,7 @@ class LatentPreviewer:
         self.scale = int(pipe.components.vae_scale_factor)
         folder = Path(cache_dir) if cache_dir is not None else preview_cache_dir()
         self.cache_path = folder / cache_name(pipe.info)
+        self.shipped_path = shipped_dir() / cache_name(pipe.info)
         self._projection: LatentProjection | None = None
 
     @property
@@ -140,16 +152,17 @@ class LatentPreviewer:
 
     @property
     def projection(self) -> LatentProjection:
-        """The map: read from the cache, else fitted now (a few decodes) and cached."""
+        """The map: the shipped one, else the cached one, else fitted now (a few decodes)."""
         if self._projection is None:
-            self._projection = self._load_cached() or self._fit_and_cache()
+            shipped_or_cached = self._read(self.shipped_path) or self._read(self.cache_path)
+            self._projection = shipped_or_cached or self._fit_and_cache()
         return self._projection
 
-    def _load_cached(self) -> LatentProjection | None:
+    def _read(self, path: Path) -> LatentProjection | None:
         try:
-            projection = LatentProjection.from_json(self.cache_path.read_text(encoding="utf-8"))
+            projection = LatentProjection.from_json(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError):
-            return None  # missing or damaged: fit again
+            return None  # missing or damaged: try the next source
         expected = int(self.pipe.components.latent_channels)
         return projection if projection.weights.shape[0] == expected else None
 

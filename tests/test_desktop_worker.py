@@ -165,6 +165,7 @@ def test_a_failed_preview_fit_only_turns_previews_off(qtbot, controller, states,
         raise RuntimeError("decode failed")
 
     monkeypatch.setattr("sdxs_rt_desktop.preview.fit_projection", broken_fit)
+    monkeypatch.setattr("sdxs_rt_desktop.preview.shipped_dir", lambda: Path("/nonexistent"))
     monkeypatch.setenv("SDXS_RT_CACHE", str(controller.history_dir.parent / "empty-cache"))
     seen = record_signals(controller, states.run)
     assert run_to_end(qtbot, controller) is False
@@ -413,8 +414,9 @@ def test_previewer_fit_beats_the_mean_colour_and_is_cached(tmp_path):
     assert again.to_qimage(held_out[:1]).size().toTuple() == (128, 128)
 
 
-def test_previewer_on_the_built_in_model_fits_once_per_vae(tmp_path):
-    pipe = Pipeline.from_pretrained(None)
+def test_previewer_without_a_shipped_map_fits_once_per_vae(tmp_path, monkeypatch):
+    monkeypatch.setattr("sdxs_rt_desktop.preview.shipped_dir", lambda: tmp_path / "shipped")
+    pipe = Pipeline.from_pretrained(None)  # the built-in model, as if it shipped no map
     previewer = LatentPreviewer(pipe, cache_dir=tmp_path)
     latents = pipe.components.ops.from_host(random_latents(1, 16, 9, 12, seed=5))
     image = previewer.to_qimage(latents)  # a torch tensor, batch of one
