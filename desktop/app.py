@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from sdxs_rt_desktop.model_size import keep_size_with_model
 from sdxs_rt_desktop.state import (
     GenerationState,
     ModelState,
@@ -235,9 +236,11 @@ def build_window(
     history_dir: Path,
     controller_factory: ControllerFactory | None = None,
 ) -> MainWindow:
-    """States restored from `settings`, a controller over them, and the window bound to both."""
+    """States restored from `settings` (the size set to the model's own unless chosen for it), a
+    controller over them, and the window bound to both."""
     states = AppStates()
     load_settings(states.by_group(), settings)
+    keep_size_with_model(states.generation, states.model)
     if controller_factory is None:
         from sdxs_rt_desktop.controller import Controller
 

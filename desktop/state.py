@@ -100,8 +100,9 @@ class GenerationState(StateObject):
         "steps": 40,
         "guidance": 5.5,
         "scheduler": "",  # "": the model's own scheduler
-        "width": 576,
+        "width": 576,  # replaced by the model's own size at start (model_size.py)
         "height": 576,
+        "size_model": "",  # the model the size was set for ("": none yet, e.g. old settings)
         "batch_count": 1,
         "preview_every": 5,
         "strip_metadata": False,
@@ -126,6 +127,8 @@ class GenerationState(StateObject):
     width = state_property("width", int, width_changed)
     height_changed = Signal(int)
     height = state_property("height", int, height_changed)
+    size_model_changed = Signal(str)
+    size_model = state_property("size_model", str, size_model_changed)
     batch_count_changed = Signal(int)
     batch_count = state_property("batch_count", int, batch_count_changed)
     preview_every_changed = Signal(int)
