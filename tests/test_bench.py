@@ -76,3 +76,13 @@ def test_the_cli_path_choices_match_the_runner() -> None:
     from sdxs_rt.bench.runner import ALL_PATHS
 
     assert PATH_NAMES == ALL_PATHS
+
+
+def test_the_report_date_needs_no_datetime_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`datetime.UTC` is Python 3.11+; the package declares 3.10, whose datetime lacks it."""
+    import datetime
+
+    from sdxs_rt.bench.report import environment
+
+    monkeypatch.delattr(datetime, "UTC")
+    assert environment("cpu")["date"].endswith(" UTC")
