@@ -15,6 +15,7 @@ from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
 from sdxs_rt.metadata import make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
+from sdxs_rt.progress import bar_wanted
 from sdxs_rt.rng import random_seed
 
 
@@ -138,7 +139,7 @@ class Reporter:
         self.json = args.json
         self.quiet = args.quiet
         self.bar = None
-        if not args.quiet and sys.stderr.isatty():
+        if not args.quiet and bar_wanted():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, unit="step", file=sys.stderr, dynamic_ncols=True)

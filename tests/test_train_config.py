@@ -76,6 +76,7 @@ def test_unknown_toml_key_names_it_and_lists_valid_ones(tmp_path: Path) -> None:
         ({"ema": 1}, "must be a bool"),
         ({"min_snr_gamma": 0}, "min_snr_gamma"),
         ({"data": ""}, "training data"),
+        ({"revision": "abc123"}, "applies to hub repo ids only"),  # the built-in model
     ],
 )
 def test_bad_values_are_one_sentence_errors(change: dict, words: str) -> None:

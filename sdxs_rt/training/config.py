@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxs_rt.errors import ModelNotFoundError, UsageError
+from sdxs_rt.pipeline import check_revision
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,6 +52,7 @@ class TrainConfig:
     model: str | None = None  # folder or hub id; None: the packaged demo model
     text_encoder: str | None = None
     variant: str | None = None
+    revision: str | None = None  # hub branch, tag or commit of `model`
     trust_remote_code: bool = False
     mode: str = "full"
     lora_rank: int = 16
@@ -206,6 +208,7 @@ def _check_choices(config: TrainConfig) -> None:
             )
     if config.variant not in (None, "fp16"):
         raise UsageError(f"variant must be 'fp16' or absent; got {config.variant!r}.")
+    check_revision(config.model, config.revision)  # as generate: hub repo ids only
 
 
 def _check_counts(config: TrainConfig) -> None:

@@ -310,7 +310,7 @@ def train(config: TrainConfig, *, on_event: EventCallback | None = None) -> Trai
     started = time.perf_counter()
     emit: EventCallback = on_event or (lambda event: None)
     check_output_dir(config)
-    files = resolve_model(config.model, config.variant)
+    files = resolve_model(config.model, config.variant, config.revision)
     accelerator = make_accelerator(config)
     try:
         return _train(config, files, accelerator, emit, started)
