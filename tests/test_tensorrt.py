@@ -1,16 +1,16 @@
 """TensorRT backend: engine cache, environment checks, profiles, builder and runtime logic.
 
-TensorRT is not installed where these tests run: a fake `tensorrt` module (injected into
-sys.modules) records the API calls and plays the engine, so everything except TensorRT itself
-is tested here. The tests marked `tensorrt` and `gpu` need the real thing (deselected by
-default).
+TensorRT is not installed where these tests run: a fake `tensorrt` module (tests/fake_tensorrt.py,
+injected into sys.modules) plays TensorRT 11.x or 10.x and decides, as the real builder does,
+what precision an engine computes in; the builder tests run on both. The tests marked `tensorrt`
+and `gpu` need the real thing (deselected by default; selected, they fail without it).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -26,6 +26,7 @@ import pytest
 
 from sdxs_rt.backends.tensorrt import builder as builder_module
 from sdxs_rt.backends.tensorrt import cache, commands, profile
+from sdxs_rt.backends.tensorrt.build_mode import FP16_FLAG, LEGACY_WEAKLY_TYPED, STRONGLY_TYPED
 from sdxs_rt.backends.tensorrt.cache import EngineKey
 from sdxs_rt.backends.tensorrt.environment import Environment, check_engine
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
@@ -39,12 +40,27 @@ from sdxs_rt.graphs import (
     read_manifest,
     write_manifest,
 )
+from tests.fake_tensorrt import (
+    FOREIGN_PLAN,
+    RELEASES,
+    SMALL,
+    TEXT_WIDTH,
+    TRT_10,
+    TRT_11,
+    FakeConfig,
+    FakeEngine,
+    FakeTimingCache,
+    FakeTrt,
+    Release,
+    engine_bytes,
+    onnx_facts,
+    read_engine,
+    standin_graph,
+)
 from tests.tiny_tokenizer import tiny_tokenizer_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = tiny_tokenizer_dir()
-TEXT_WIDTH = 32
-SMALL = SizeProfile(min_size=64, opt_size=64, max_size=128, max_batch=2)
 HERE = Environment("10.0.1", "12.4", "Test GPU", "8.9", "Linux-x86_64")
 
 
@@ -58,20 +74,24 @@ def engine_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def write_exported_folder(folder: Path) -> Path:
-    """A folder as `sdxs-rt export onnx` writes it, with stand-in graph files."""
+def write_exported_folder(folder: Path, precision: str = "fp16") -> Path:
+    """A folder as `sdxs-rt export onnx --precision P` writes it, with stand-in graph files.
+
+    fp16 keeps the VAE graphs in fp32, as the exporter does when fp16 loses the image.
+    """
     folder.mkdir(parents=True)
     shutil.copytree(TINY_TOKENIZER, folder / "tokenizer")
     graphs = {}
     for name, spec in graph_specs(16, TEXT_WIDTH).items():
+        graph_precision = "fp32" if name.startswith("vae") else precision
         path = folder / spec.file
         path.parent.mkdir()
-        path.write_bytes(f"onnx graph {name}".encode())
+        path.write_bytes(standin_graph(name, graph_precision))
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        graphs[name] = GraphEntry(spec.file, "fp32", digest, [], [])
+        graphs[name] = GraphEntry(spec.file, graph_precision, digest, [], [])
     manifest = Manifest(
         model={"name": "tiny", "hash": "abc1234567"},
-        precision="fp32",
+        precision=precision,
         opset=17,
         latent_channels=16,
         vae_scale_factor=8,
@@ -87,300 +107,46 @@ def write_exported_folder(folder: Path) -> Path:
 
 @pytest.fixture
 def exported(tmp_path: Path) -> Path:
+    """An fp16 export (its VAE graphs fp32)."""
     return write_exported_folder(tmp_path / "exported")
 
 
 @pytest.fixture
-def here(monkeypatch: pytest.MonkeyPatch) -> Environment:
-    """This machine, as the builder and loader see it."""
-    monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
-    return HERE
+def exported_fp32(tmp_path: Path) -> Path:
+    """An export with the default precision, fp32."""
+    return write_exported_folder(tmp_path / "exported-fp32", "fp32")
+
+
+def install(monkeypatch: pytest.MonkeyPatch, release: Release, **options: Any) -> FakeTrt:
+    """Make `import tensorrt` return a fake of `release`."""
+    fake = FakeTrt(release, **options)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    return fake
+
+
+@pytest.fixture(params=sorted(RELEASES))
+def fake_trt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeTrt:
+    """Each test that takes it runs on a fake TensorRT 10.x and on a fake 11.x."""
+    return install(monkeypatch, RELEASES[request.param])
+
+
+@pytest.fixture
+def here(fake_trt: FakeTrt, monkeypatch: pytest.MonkeyPatch) -> Environment:
+    """This machine, as the builder sees it: a GPU, and the fake's TensorRT version."""
+    machine = replace(HERE, tensorrt_version=fake_trt.release.version)
+    monkeypatch.setattr(builder_module, "current_environment", lambda index=0: machine)
+    return machine
 
 
 def make_key(**changes: Any) -> EngineKey:
-    key = EngineKey("0" * 64, "fp16", SizeProfile(), "10.0.1", "8.9", "Linux-x86_64")
+    key = EngineKey(
+        "0" * 64, "fp16", SizeProfile(), "10.0.1", "8.9", "Linux-x86_64", STRONGLY_TYPED
+    )
     return replace(key, **changes)
 
 
 def sidecar_for(key: EngineKey, graph: str = "unet", **extra: Any) -> dict[str, Any]:
     return {"graph": graph, "digest": key.digest, "key": key.to_dict(), **extra}
-
-
-# --- a fake tensorrt module ---------------------------------------------------------------
-
-DTYPE_SIZES = {"FLOAT": 4, "HALF": 2, "INT64": 8, "INT32": 4, "BOOL": 1}
-
-
-def graph_of(path: str) -> str:
-    return Path(path).parent.name
-
-
-def dynamic_dims(shape: tuple[Any, ...]) -> tuple[int, ...]:
-    return tuple(dim if isinstance(dim, int) else -1 for dim in shape)
-
-
-class FakeTrt:
-    """Records every TensorRT call; `module` is what `import tensorrt` returns."""
-
-    def __init__(self, scalar_timestep: bool = False) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.scalar_timestep = scalar_timestep
-        self.parse_errors: list[str] = []
-        self.build_result: Any = "engine"
-        self.stored_timing = b""
-        self.module = self._module()
-
-    def input_dims(self, graph: str) -> dict[str, tuple[int, ...]]:
-        spec = graph_specs(16, TEXT_WIDTH)[graph]
-        dims = {t.name: dynamic_dims(t.shape) for t in spec.inputs}
-        if graph == "unet" and self.scalar_timestep:
-            dims["timestep"] = ()
-        return dims
-
-    def _module(self) -> types.ModuleType:
-        fake = self
-        trt = types.ModuleType("tensorrt")
-        trt.__version__ = "10.0.1"  # type: ignore[attr-defined]
-        trt.BuilderFlag = types.SimpleNamespace(FP16="FP16")  # type: ignore[attr-defined]
-        trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")  # type: ignore[attr-defined]
-        trt.TensorIOMode = types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT")  # type: ignore[attr-defined]
-        trt.DataType = types.SimpleNamespace(**{k: k for k in DTYPE_SIZES})  # type: ignore[attr-defined]
-
-        class Logger:
-            WARNING = "WARNING"
-
-            def __init__(self, severity: str) -> None:
-                fake.calls.append(("Logger", severity))
-
-        class IProgressMonitor:
-            def __init__(self) -> None:
-                fake.calls.append(("IProgressMonitor.__init__",))
-
-        trt.Logger = Logger  # type: ignore[attr-defined]
-        trt.IProgressMonitor = IProgressMonitor  # type: ignore[attr-defined]
-        trt.Builder = lambda logger: FakeBuilder(fake)  # type: ignore[attr-defined]
-        trt.OnnxParser = lambda network, logger: FakeParser(fake, network)  # type: ignore[attr-defined]
-        trt.Runtime = lambda logger: FakeRuntime(fake)  # type: ignore[attr-defined]
-        return trt
-
-
-class FakeTensor:
-    def __init__(self, name: str, shape: tuple[int, ...]) -> None:
-        self.name, self.shape = name, shape
-
-
-class FakeNetwork:
-    def __init__(self) -> None:
-        self.inputs: list[FakeTensor] = []
-
-    @property
-    def num_inputs(self) -> int:
-        return len(self.inputs)
-
-    def get_input(self, index: int) -> FakeTensor:
-        return self.inputs[index]
-
-
-def onnx_input_dims(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """The inputs of a real ONNX file as TensorRT sees them (-1: dynamic); None for stand-ins."""
-    if path.read_bytes()[:10] == b"onnx graph":
-        return None
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return {
-        tensor.name: tuple(
-            dim.dim_value if dim.HasField("dim_value") else -1
-            for dim in tensor.type.tensor_type.shape.dim
-        )
-        for tensor in graph.input
-    }
-
-
-class FakeParser:
-    def __init__(self, fake: FakeTrt, network: FakeNetwork) -> None:
-        self.fake, self.network = fake, network
-
-    def parse_from_file(self, path: str) -> bool:
-        self.fake.calls.append(("parse_from_file", path))
-        dims = onnx_input_dims(Path(path)) or self.fake.input_dims(graph_of(path))
-        self.network.inputs = [FakeTensor(n, d) for n, d in dims.items()]
-        self.network.graph = graph_of(path)  # type: ignore[attr-defined]
-        return not self.fake.parse_errors
-
-    @property
-    def num_errors(self) -> int:
-        return len(self.fake.parse_errors)
-
-    def get_error(self, index: int) -> str:
-        return self.fake.parse_errors[index]
-
-
-class FakeTimingCache:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def serialize(self) -> bytes:
-        return self.data + b"+measured"
-
-
-class FakeConfig:
-    def __init__(self, fake: FakeTrt) -> None:
-        self.fake = fake
-        self.progress_monitor: Any = None
-        self.timing_cache: FakeTimingCache | None = None
-        self.accept_timing_cache = True
-
-    def set_flag(self, flag: str) -> None:
-        self.fake.calls.append(("set_flag", flag))
-
-    def set_memory_pool_limit(self, pool: str, size: int) -> None:
-        self.fake.calls.append(("set_memory_pool_limit", pool, size))
-
-    def add_optimization_profile(self, profile: FakeProfile) -> int:
-        self.fake.calls.append(("add_optimization_profile", dict(profile.shapes)))
-        return 0
-
-    def create_timing_cache(self, data: bytes) -> FakeTimingCache:
-        self.fake.calls.append(("create_timing_cache", bytes(data)))
-        return FakeTimingCache(bytes(data))
-
-    def set_timing_cache(self, cache: FakeTimingCache, ignore_mismatch: bool) -> bool:
-        self.fake.calls.append(("set_timing_cache", cache.data, ignore_mismatch))
-        self.timing_cache = cache
-        return self.accept_timing_cache or cache.data == b""
-
-    def get_timing_cache(self) -> FakeTimingCache:
-        assert self.timing_cache is not None
-        return self.timing_cache
-
-
-class FakeProfile:
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple[Any, ...]] = {}
-
-    def set_shape(self, name: str, low: Any, opt: Any, high: Any) -> None:
-        self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
-
-
-class FakeBuilder:
-    def __init__(self, fake: FakeTrt) -> None:
-        self.fake = fake
-        fake.calls.append(("Builder",))
-        self.config = FakeConfig(fake)
-
-    def create_network(self, flags: int) -> FakeNetwork:
-        self.fake.calls.append(("create_network", flags))
-        return FakeNetwork()
-
-    def create_builder_config(self) -> FakeConfig:
-        return self.config
-
-    def create_optimization_profile(self) -> FakeProfile:
-        return FakeProfile()
-
-    def build_serialized_network(self, network: FakeNetwork, config: FakeConfig) -> Any:
-        monitor = config.progress_monitor
-        self.fake.calls.append(("build_serialized_network", network.graph))  # type: ignore[attr-defined]
-        monitor.phase_start("Building engine", None, 2)
-        monitor.phase_start("Tactic search", "Building engine", 1)
-        go_on = monitor.step_complete("Building engine", 0)
-        monitor.phase_finish("Tactic search")
-        monitor.phase_finish("Building engine")
-        if not go_on or self.fake.build_result is None:
-            return None
-        return f"ENGINE:{network.graph}".encode()  # type: ignore[attr-defined]
-
-
-# The runtime side: an engine per graph that runs on CPU memory through the bound addresses.
-
-
-class FakeRuntime:
-    def __init__(self, fake: FakeTrt) -> None:
-        self.fake = fake
-
-    def deserialize_cuda_engine(self, data: bytes) -> Any:
-        self.fake.calls.append(("deserialize_cuda_engine", bytes(data)))
-        text = bytes(data).decode(errors="replace")
-        if not text.startswith("ENGINE:"):
-            return None
-        return FakeEngine(self.fake, text.removeprefix("ENGINE:"))
-
-
-class FakeEngine:
-    def __init__(self, fake: FakeTrt, graph: str) -> None:
-        self.fake, self.graph = fake, graph
-        self.spec = graph_specs(16, TEXT_WIDTH)[graph]
-        self.dims = fake.input_dims(graph)
-        self.names = [*self.dims, *(t.name for t in self.spec.outputs)]
-
-    @property
-    def num_io_tensors(self) -> int:
-        return len(self.names)
-
-    def get_tensor_name(self, index: int) -> str:
-        return self.names[index]
-
-    def get_tensor_mode(self, name: str) -> str:
-        return "INPUT" if name in self.dims else "OUTPUT"
-
-    def get_tensor_dtype(self, name: str) -> str:
-        return "INT64" if name in ("input_ids", "attention_mask") else "FLOAT"
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        if name in self.dims:
-            return self.dims[name]
-        return dynamic_dims(next(t.shape for t in self.spec.outputs if t.name == name))
-
-    def get_tensor_profile_shape(self, name: str, index: int) -> list[tuple[int, ...]]:
-        assert index == 0
-        return list(profile_shapes(self.spec, SMALL)[name])
-
-    def create_execution_context(self) -> FakeContext:
-        return FakeContext(self)
-
-
-class FakeContext:
-    """Copies `sample` to `out_sample` (the U-Net); other outputs are filled with 0.5."""
-
-    def __init__(self, engine: FakeEngine) -> None:
-        self.engine = engine
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-        self.executed: list[int] = []
-
-    def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-        if name == "out_sample":
-            return self.shapes["sample"]
-        if name == "text_embeds":
-            return (self.shapes["input_ids"][0], TEXT_WIDTH)
-        b, _, h, w = self.shapes["latent_sample"]
-        return (b, 3, 8 * h, 8 * w)
-
-    def set_tensor_address(self, name: str, address: int) -> None:
-        self.addresses[name] = address
-
-    def execute_async_v3(self, stream_handle: int) -> bool:
-        self.executed.append(stream_handle)
-        for name in (t.name for t in self.engine.spec.outputs):
-            count = int(np.prod(self.get_tensor_shape(name)))
-            if name == "out_sample":
-                ctypes.memmove(self.addresses[name], self.addresses["sample"], 4 * count)
-            else:
-                values = np.full(count, 0.5, dtype=np.float32)
-                ctypes.memmove(self.addresses[name], values.ctypes.data, 4 * count)
-        return True
-
-
-@pytest.fixture
-def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeTrt:
-    fake = FakeTrt()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-    return fake
 
 
 # --- cache: keys, folder, atomic writes, list and clear -------------------------------------
@@ -403,6 +169,7 @@ def test_same_key_inputs_give_the_same_digest() -> None:
         {"tensorrt_version": "10.3.0"},
         {"compute_capability": "8.6"},
         {"os": "Windows-AMD64"},
+        {"build_mode": FP16_FLAG},
     ],
 )
 def test_each_key_component_changes_the_digest(change: dict[str, Any]) -> None:
@@ -412,6 +179,17 @@ def test_each_key_component_changes_the_digest(change: dict[str, Any]) -> None:
 def test_key_round_trips_through_its_dict() -> None:
     key = make_key(profile=SMALL)
     assert EngineKey.from_dict(json.loads(json.dumps(key.to_dict()))) == key
+
+
+def test_a_key_from_before_build_modes_reads_as_weakly_typed(engine_dir: Path) -> None:
+    """Sidecars written before the mode was recorded still load, list and clear."""
+    old = {k: v for k, v in make_key().to_dict().items() if k != "build_mode"}
+    engine_dir.mkdir()
+    (engine_dir / "0123456789abcdef.engine").write_bytes(b"plan")
+    (engine_dir / "0123456789abcdef.json").write_text(json.dumps({"graph": "unet", "key": old}))
+    [listed] = cache.list_engines()
+    assert listed.key.build_mode == LEGACY_WEAKLY_TYPED
+    assert commands.engine_row(listed)["build_mode"] == LEGACY_WEAKLY_TYPED
 
 
 def test_cache_dir_prefers_the_engine_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -559,10 +337,23 @@ def test_current_environment_without_tensorrt_or_gpu(monkeypatch: pytest.MonkeyP
     assert environment.current_environment().to_dict()["os"] == found.os
 
 
-def test_current_environment_reads_the_tensorrt_version(fake_trt: FakeTrt) -> None:
+def test_engines_built_under_tensorrt_10_are_foreign_under_11(
+    exported: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade `tensorrt>=10` gets today: the old engines are refused, a rebuild works."""
     from sdxs_rt.backends.tensorrt import environment
 
-    assert environment.tensorrt_version() == "10.0.1"
+    gpu = environment.GpuFacts("Test GPU", "8.9", "12.4")
+    monkeypatch.setattr(environment, "gpu_facts", lambda index=0: gpu)
+    install(monkeypatch, TRT_10)
+    builder_module.build_engines(exported, SMALL)
+    install(monkeypatch, TRT_11)
+    with pytest.raises(EngineError) as caught:
+        select_engine(query_for(exported, "unet"), environment.current_environment())
+    assert f"TensorRT {TRT_10.version} (this machine: {TRT_11.version})" in str(caught.value)
+    builder_module.build_engines(exported, SMALL)
+    rebuilt = select_engine(query_for(exported, "unet"), environment.current_environment())
+    assert rebuilt.key.tensorrt_version == TRT_11.version
 
 
 # --- profiles and request validation --------------------------------------------------------
@@ -641,32 +432,87 @@ def test_check_size_for_model_uses_the_manifest_engines(exported: Path) -> None:
         profile.check_size_for_model(exported, 256, 64, 1)
 
 
-# --- builder (fake TensorRT) ----------------------------------------------------------------
+# --- builder (fake TensorRT 10.x and 11.x) --------------------------------------------------
 
 
-def calls_named(fake: FakeTrt, name: str) -> list[tuple[Any, ...]]:
-    return [call for call in fake.calls if call[0] == name]
+def built(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """graph -> what its engine file says was built."""
+    return {read_engine(path)["graph"]: read_engine(path) for path in paths}
 
 
-def test_build_engines_makes_the_right_tensorrt_calls(
+def test_fp16_engines_from_fp16_graphs_are_strongly_typed(
     fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
 ) -> None:
-    events: list[builder_module.BuildEvent] = []
-    paths = builder_module.build_engines(exported, SMALL, progress=events.append)
+    paths = builder_module.build_engines(exported, SMALL)
     assert [p.parent for p in paths] == [engine_dir] * 3
-    assert [p.read_bytes() for p in paths] == [
-        b"ENGINE:text_encoder", b"ENGINE:unet", b"ENGINE:vae_decoder"
-    ]  # fmt: skip
-    assert calls_named(fake_trt, "create_network") == [("create_network", 0)] * 3
-    parsed = [Path(call[1]) for call in calls_named(fake_trt, "parse_from_file")]
-    assert parsed == [exported / n / "model.onnx" for n in builder_module.RUNTIME_GRAPHS]
-    assert calls_named(fake_trt, "set_flag") == [("set_flag", "FP16")] * 3
-    assert calls_named(fake_trt, "set_memory_pool_limit") == []
-    profiles = [call[1] for call in calls_named(fake_trt, "add_optimization_profile")]
+    engines = built(paths)
+    assert list(engines) == list(builder_module.RUNTIME_GRAPHS)
+    assert all(engine["strongly_typed"] for engine in engines.values())
+    # the exporter's fp32 VAE stays fp32: a strongly typed engine runs the graph's own dtypes
+    precisions = {graph: engine["precision"] for graph, engine in engines.items()}
+    assert precisions == {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp32"}
     specs = graph_specs(16, TEXT_WIDTH)
-    for graph, shapes in zip(builder_module.RUNTIME_GRAPHS, profiles, strict=True):
-        assert shapes == profile_shapes(specs[graph], SMALL)
-    assert len(calls_named(fake_trt, "IProgressMonitor.__init__")) == 3
+    for graph, engine in engines.items():
+        expected = profile_shapes(specs[graph], SMALL)
+        assert engine["profiles"] == [{k: [list(s) for s in v] for k, v in expected.items()}]
+        assert engine["workspace"] is None
+
+
+def test_fp16_engines_from_fp32_graphs_use_the_fp16_flag_on_tensorrt_10(
+    exported_fp32: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(monkeypatch, TRT_10)
+    monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
+    paths = builder_module.build_engines(exported_fp32, SMALL)
+    engines = built(paths).values()
+    assert [(e["precision"], e["strongly_typed"]) for e in engines] == [("fp16", False)] * 3
+    sidecar = json.loads(paths[1].with_suffix(".json").read_text())
+    assert sidecar["key"]["build_mode"] == FP16_FLAG
+
+
+def test_fp16_engines_from_fp32_graphs_are_refused_on_tensorrt_11(
+    exported_fp32: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(monkeypatch, TRT_11)
+    monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
+    with pytest.raises(UsageError) as caught:
+        builder_module.build_engines(exported_fp32, SMALL)
+    assert str(caught.value) == (
+        f"{exported_fp32} holds fp32 ONNX graphs, and TensorRT {TRT_11.version} builds fp16 "
+        "engines from fp16 graphs only (strong typing; BuilderFlag.FP16 is gone): export them "
+        f"with `sdxs-rt export onnx --model tiny --precision fp16 --out {exported_fp32}-fp16` "
+        "and build from that folder, or pass --precision fp32"
+    )
+    assert not engine_dir.exists() or not any(engine_dir.glob("*.engine"))
+
+
+def test_fp32_engines_from_fp32_graphs_with_a_workspace_limit(
+    fake_trt: FakeTrt, exported_fp32: Path, engine_dir: Path, here: Environment
+) -> None:
+    paths = builder_module.build_engines(exported_fp32, SMALL, "fp32", workspace_bytes=1 << 30)
+    for engine in built(paths).values():
+        assert (engine["precision"], engine["strongly_typed"]) == ("fp32", True)
+        assert engine["workspace"] == 1 << 30
+
+
+def test_fp32_engines_from_fp16_graphs_are_refused(
+    fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        builder_module.build_engines(exported, SMALL, "fp32")
+    message = str(caught.value)
+    assert message.startswith(f"{exported} holds fp16 ONNX graphs, which TensorRT builds into")
+    assert f"--model tiny --precision fp32 --out {exported}-fp32`" in message
+    assert message.endswith("or pass --precision fp16")
+
+
+def test_a_tensorrt_without_strong_typing_is_refused(
+    exported: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ancient = Release("8.6.1", {"EXPLICIT_BATCH": 0}, ("FP16",), always_strongly_typed=False)
+    install(monkeypatch, ancient)
+    with pytest.raises(DeviceError, match=r"TensorRT 8\.6\.1 has no strongly typed networks"):
+        builder_module.build_engines(exported, SMALL)
 
 
 def test_build_reports_progress_phases(
@@ -688,14 +534,11 @@ def test_build_reports_progress_phases(
     assert (first.parent, first.total) == (None, 2)
 
 
-def test_build_loads_uses_and_saves_the_timing_cache(
+def test_each_build_starts_from_the_last_timing_cache(
     fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
 ) -> None:
-    timing = cache.timing_cache_path("10.0.1", "8.9")
     builder_module.build_engines(exported, SMALL)
-    created = [call[1] for call in calls_named(fake_trt, "create_timing_cache")]
-    assert created == [b"", b"+measured", b"+measured+measured"]  # each build reads the last
-    assert all(call[2] is False for call in calls_named(fake_trt, "set_timing_cache"))
+    timing = cache.timing_cache_path(here.tensorrt_version or "", "8.9")
     assert timing.read_bytes() == b"+measured+measured+measured"
 
 
@@ -706,11 +549,12 @@ def test_an_unusable_timing_cache_is_started_afresh(
     here: Environment,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    timing = cache.timing_cache_path(here.tensorrt_version or "", "8.9")
     engine_dir.mkdir()
-    cache.timing_cache_path("10.0.1", "8.9").write_bytes(b"from another gpu")
+    timing.write_bytes(b"from another gpu")
     monkeypatch.setattr(FakeConfig, "set_timing_cache", rejecting_set_timing_cache)
     builder_module.build_engines(exported, SMALL)
-    assert cache.timing_cache_path("10.0.1", "8.9").read_bytes() == b"+measured"
+    assert timing.read_bytes() == b"+measured"
 
 
 def rejecting_set_timing_cache(
@@ -725,16 +569,19 @@ def test_build_records_sidecars_and_the_manifest(
 ) -> None:
     paths = builder_module.build_engines(exported, SMALL)
     sidecar = json.loads(paths[1].with_suffix(".json").read_text())
-    assert sidecar["graph"] == "unet"
+    assert sidecar["graph"] == "unet" and sidecar["graph_precision"] == "fp16"
     assert sidecar["key"]["precision"] == "fp16"
+    assert sidecar["key"]["build_mode"] == STRONGLY_TYPED
     assert sidecar["key"]["profile"]["max_size"] == 128
     assert sidecar["key"]["onnx_sha256"] == read_manifest(exported).graphs["unet"].sha256
-    assert sidecar["environment"] == HERE.to_dict()
+    assert sidecar["environment"] == here.to_dict()
     assert sidecar["model"] == {"name": "tiny", "hash": "abc1234567"}
     assert sidecar["built_at"] and sidecar["sdxs_rt_version"] and sidecar["profile"]
     engines = read_manifest(exported).engines
     assert sorted(engines) == sorted(builder_module.RUNTIME_GRAPHS)
     assert engines["unet"]["digest"] == paths[1].stem
+    assert engines["unet"]["key"]["build_mode"] == STRONGLY_TYPED
+    assert engines["vae_decoder"]["graph_precision"] == "fp32"
     assert engines["unet"]["environment"]["gpu_name"] == "Test GPU"
     assert engines["unet"]["file"] == str(paths[1])
 
@@ -747,31 +594,20 @@ def test_cached_engines_are_skipped_unless_forced(
     again = builder_module.build_engines(exported, SMALL, progress=events.append)
     assert again == first
     assert [e.kind for e in events] == ["skip"] * 3
-    assert len(calls_named(fake_trt, "build_serialized_network")) == 3
-    builder_module.build_engines(exported, SMALL, force=True)
-    assert len(calls_named(fake_trt, "build_serialized_network")) == 6
+    events.clear()
+    builder_module.build_engines(exported, SMALL, force=True, progress=events.append)
+    assert [e.kind for e in events if e.kind in ("skip", "done")] == ["done"] * 3
     other = builder_module.build_engines(exported, replace(SMALL, max_batch=1))
     assert set(other).isdisjoint(first)  # another profile is another engine
 
 
-def test_workspace_limit_and_fp32(
-    fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
-) -> None:
-    builder_module.build_engines(exported, SMALL, "fp32", workspace_bytes=1 << 30)
-    assert calls_named(fake_trt, "set_flag") == []
-    assert calls_named(fake_trt, "set_memory_pool_limit")[0] == (
-        "set_memory_pool_limit", "WORKSPACE", 1 << 30
-    )  # fmt: skip
-
-
 def test_a_static_scalar_timestep_gets_no_profile(
-    exported: Path, engine_dir: Path, here: Environment, monkeypatch: pytest.MonkeyPatch
+    exported: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = FakeTrt(scalar_timestep=True)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
-    builder_module.build_engines(exported, SMALL)
-    unet_profile = calls_named(fake, "add_optimization_profile")[1][1]
-    assert sorted(unet_profile) == ["encoder_hidden_states", "sample"]
+    install(monkeypatch, TRT_11, scalar_timestep=True)
+    monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
+    unet = built(builder_module.build_engines(exported, SMALL))["unet"]
+    assert sorted(unet["profiles"][0]) == ["encoder_hidden_states", "sample"]
 
 
 def test_parse_errors_are_listed(
@@ -857,8 +693,6 @@ def test_a_missing_graph_file_is_named(
 @pytest.fixture(scope="module")
 def real_exported(exported_tiny_fp32: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the tiny model exported by `export/` (the builder writes to its manifest)."""
-    import shutil
-
     return Path(shutil.copytree(exported_tiny_fp32, tmp_path_factory.mktemp("trt") / "exported"))
 
 
@@ -866,11 +700,13 @@ def test_the_profiles_fit_the_graphs_export_writes(
     real_exported: Path, fake_trt: FakeTrt, engine_dir: Path, here: Environment
 ) -> None:
     """Every dynamic input of the real graphs gets a profile of its rank and static dims."""
-    builder_module.build_engines(real_exported, SMALL)
-    profiles = [call[1] for call in calls_named(fake_trt, "add_optimization_profile")]
-    for graph, shapes in zip(builder_module.RUNTIME_GRAPHS, profiles, strict=True):
-        dims = onnx_input_dims(real_exported / graph / "model.onnx")
-        assert dims is not None and sorted(shapes) == sorted(dims)
+    engines = built(builder_module.build_engines(real_exported, SMALL, "fp32"))
+    for graph, engine in engines.items():
+        assert engine["precision"] == "fp32"
+        facts = onnx_facts(real_exported / graph / "model.onnx")
+        assert facts is not None
+        dims, [shapes] = facts[0], engine["profiles"]
+        assert sorted(shapes) == sorted(dims)
         for name, triple in shapes.items():
             for shape in triple:
                 assert len(shape) == len(dims[name])
@@ -973,14 +809,9 @@ def test_trt_engine_sets_shapes_binds_buffers_and_runs(fake_trt: FakeTrt) -> Non
         "encoder_hidden_states": torch.zeros(2, 1, TEXT_WIDTH),
     }
     out = engine(feeds)["out_sample"]
-    context = engine.context
-    assert context.shapes == {
-        "sample": (2, 16, 8, 8), "timestep": (2,), "encoder_hidden_states": (2, 1, TEXT_WIDTH)
-    }  # fmt: skip
-    assert context.addresses["out_sample"] == out.data_ptr()
-    assert context.executed == [FakeStream.handle]
-    assert engine.stream.events == ["before", "after"]
-    assert torch.equal(out, sample)
+    assert torch.equal(out, sample)  # the fake engine copies through the bound addresses
+    assert engine.context.executed == [FakeStream.handle]  # on TensorRT's own stream,
+    assert engine.stream.events == ["before", "after"]  # ordered after and before torch's
 
 
 def test_trt_engine_casts_to_the_engine_dtypes(fake_trt: FakeTrt) -> None:
@@ -1026,17 +857,17 @@ def test_deserialize_checks_the_sidecar_before_tensorrt_runs(
     pytest.importorskip("torch")
     from sdxs_rt.backends.tensorrt.runtime import deserialize
 
-    foreign = cache.store_engine(make_key(compute_capability="7.5"), b"ENGINE:unet", {})
+    # Deserialising this plan would raise (as a foreign plan may crash TensorRT): refused first.
+    foreign = cache.store_engine(make_key(compute_capability="7.5"), FOREIGN_PLAN, {})
     with pytest.raises(EngineError, match=r"compute capability 7\.5"):
         deserialize(fake_trt.module, foreign, HERE, "/m")
-    assert calls_named(fake_trt, "deserialize_cuda_engine") == []
     damaged = cache.store_engine(make_key(), b"garbage", {"graph": "unet"})
     with pytest.raises(EngineError) as caught:
         deserialize(fake_trt.module, damaged, HERE, "/m")
     assert "could not load the unet engine" in str(caught.value)
     assert "rebuild with `sdxs-rt engine build --model /m`" in str(caught.value)
     runtime, engine = deserialize(fake_trt.module, cache.store_engine(
-        make_key(os="Linux-x86_64", precision="fp32"), b"ENGINE:unet", {}), HERE)  # fmt: skip
+        make_key(os="Linux-x86_64", precision="fp32"), engine_bytes("unet"), {}), HERE)  # fmt: skip
     assert engine.graph == "unet" and runtime is not None
 
 
@@ -1056,7 +887,7 @@ def loadable(
     from sdxs_rt.backends.tensorrt import loader, runtime
 
     builder_module.build_engines(exported, SMALL)
-    monkeypatch.setattr(loader, "current_environment", lambda index=0: HERE)
+    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
     monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
     monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
     return exported
@@ -1180,7 +1011,8 @@ def test_engine_build_and_list(
     assert commands.run_engine(engine_cli("engine", "list", "--json")) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {row["graph"] for row in rows} == set(builder_module.RUNTIME_GRAPHS)
-    assert rows[0]["tensorrt_version"] == "10.0.1" and rows[0]["size_bytes"] > 0
+    assert rows[0]["tensorrt_version"] == here.tensorrt_version and rows[0]["size_bytes"] > 0
+    assert {row["build_mode"] for row in rows} == {STRONGLY_TYPED}
 
 
 def test_engine_build_again_says_cached_and_clear_removes(
@@ -1245,7 +1077,41 @@ def test_the_cli_modules_import_neither_torch_nor_tensorrt() -> None:
     assert done.stdout.strip() == "[]"
 
 
-# --- real TensorRT (deselected by default) --------------------------------------------------
+# --- real TensorRT (deselected by default; selected, what they need missing fails them) -----
+
+REAL_TENSORRT_NEEDS = ("tensorrt", "torch", "onnx", "onnxruntime", "diffusers")
+
+
+def require_tensorrt_and_gpu() -> Any:
+    """The real `tensorrt`, or a failure: these tests only run when selected on purpose
+    (`pytest -m tensorrt` or `-m gpu`), and a skip there would pass while checking nothing."""
+    missing = []
+    for name in REAL_TENSORRT_NEEDS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # ImportError, or a wheel whose native libraries do not load
+            missing.append(name)
+    if missing:
+        pytest.fail(
+            f"this TensorRT test was selected, but {', '.join(missing)} cannot be imported: "
+            "install sdxs-rt[tensorrt,torch,onnx] on a machine with an NVIDIA GPU",
+            pytrace=False,
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail(
+            "this TensorRT test was selected, but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda})",
+            pytrace=False,
+        )
+    return importlib.import_module("tensorrt")
+
+
+def test_a_selected_tensorrt_test_fails_without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(pytest.fail.Exception, match="tensorrt cannot be imported"):
+        require_tensorrt_and_gpu()
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -1256,28 +1122,51 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.tensorrt
 @pytest.mark.gpu
 def test_tensorrt_end_to_end_matches_onnx_runtime(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Export the tiny model, build engines, generate, compare with ONNX Runtime on the CPU."""
-    pytest.importorskip("tensorrt")
-    pytest.importorskip("onnxruntime")
-    export_onnx = pytest.importorskip("sdxs_rt_export.onnx_export").export_onnx
+    """Export the tiny model in fp16, build strongly typed fp16 engines, generate, and compare
+    with ONNX Runtime running the same graphs on the CPU."""
+    require_tensorrt_and_gpu()
+    tiny_model = request.getfixturevalue("tiny_model")  # after the check: the fixture skips
+    from sdxs_rt_export.onnx_export import export_onnx
 
     from sdxs_rt.pipeline import Pipeline
 
     monkeypatch.setenv("SDXS_RT_ENGINE_CACHE", str(tmp_path / "engines"))
     exported = tmp_path / "exported"
-    export_onnx(str(tiny_model), exported)
+    export_onnx(str(tiny_model), exported, precision="fp16")
     small = SizeProfile(min_size=64, opt_size=128, max_size=192, max_batch=2)
-    assert len(builder_module.build_engines(exported, small)) == 3
-    precision = read_manifest(exported).precision
+    paths = builder_module.build_engines(exported, small, "fp16")
+    modes = {json.loads(p.with_suffix(".json").read_text())["key"]["build_mode"] for p in paths}
+    assert len(paths) == 3 and modes == {STRONGLY_TYPED}
     options = {"width": 128, "height": 64, "num_inference_steps": 4, "seed": 7}
     trt_pipe = Pipeline.from_pretrained(str(exported), backend="tensorrt", device="cuda",
                                         dtype="fp16")  # fmt: skip
     profile.check_size(trt_pipe.components, 128, 64, 1)
     trt_image = np.asarray(trt_pipe("a red circle", **options).images[0])
-    ort_pipe = Pipeline.from_pretrained(str(exported), backend="onnx", dtype=precision)
+    ort_pipe = Pipeline.from_pretrained(str(exported), backend="onnx", dtype="fp16")
     ort_image = np.asarray(ort_pipe("a red circle", **options).images[0])
     assert psnr(trt_image, ort_image) >= 35.0
     assert len(cache.list_engines()) == 3
     assert read_manifest(exported).engines["unet"]["environment"]["gpu_name"]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_fp16_from_fp32_graphs_follows_the_installed_release(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10.x builds them with BuilderFlag.FP16; 11.x, which has no such flag, refuses."""
+    from sdxs_rt.backends.tensorrt.build_mode import has_fp16_flag
+
+    trt = require_tensorrt_and_gpu()
+    exported = Path(shutil.copytree(request.getfixturevalue("exported_tiny_fp32"), tmp_path / "e"))
+    monkeypatch.setenv("SDXS_RT_ENGINE_CACHE", str(tmp_path / "engines"))
+    small = SizeProfile(min_size=64, opt_size=64, max_size=128, max_batch=1)
+    if not has_fp16_flag(trt):
+        with pytest.raises(UsageError, match="--precision fp16 --out"):
+            builder_module.build_engines(exported, small, "fp16")
+        return
+    paths = builder_module.build_engines(exported, small, "fp16")
+    modes = {json.loads(p.with_suffix(".json").read_text())["key"]["build_mode"] for p in paths}
+    assert modes == {FP16_FLAG}

@@ -1,4 +1,4 @@
-"""The TensorRT backend: builds fp16 engines from the exported ONNX graphs and runs them.
+"""The TensorRT backend: builds engines from the exported ONNX graphs and runs them.
 
 Importing this package imports neither tensorrt nor torch: the builder imports TensorRT when a
 build starts, and `load_components` (which needs torch and TensorRT) loads on first use.

@@ -1,10 +1,11 @@
 """Build TensorRT engines from an exported folder's ONNX graphs, into the engine cache.
 
-Needs TensorRT (imported when a build starts), not torch. The TensorRT 10 API in use: a
-`Builder`, `create_network(0)` (TensorRT 10 networks are always explicit-batch), the
-`OnnxParser` reading the graph from its path (so external data beside it is found), a builder
-config with the FP16 flag, a workspace pool limit, one optimization profile, the machine's
-timing cache and a progress monitor, then `build_serialized_network`.
+Needs TensorRT (imported when a build starts), not torch. The API in use, present in the
+TensorRT 10.0 and 11.x Python bindings alike: a `Builder`; `create_network(flags)` with the
+flags of the build mode (`build_mode.py`: strongly typed, or weakly typed with the FP16 flag on
+10.x only); the `OnnxParser` reading the graph from its path (so external data beside it is
+found); a builder config with a workspace pool limit, one optimization profile, the machine's
+timing cache and a progress monitor; then `build_serialized_network`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sdxs_rt import __version__
+from sdxs_rt.backends.tensorrt.build_mode import (
+    choose_build_mode,
+    network_flags,
+    set_precision_flags,
+)
 from sdxs_rt.backends.tensorrt.cache import (
     CachedEngine,
     EngineKey,
@@ -71,6 +77,16 @@ ProgressCallback = Callable[[BuildEvent], object]
 
 
 @dataclass(frozen=True)
+class BuildRequest:
+    """What every engine of one build shares."""
+
+    profile: SizeProfile
+    precision: str
+    build_mode: str
+    environment: Environment
+
+
+@dataclass(frozen=True)
 class BuildJob:
     """One engine to build: the graph, its key and shapes, and what the sidecar records."""
 
@@ -119,11 +135,13 @@ def build_engines(
     trt = import_tensorrt()
     folder = Path(exported_dir)
     manifest = read_manifest(folder)
-    environment = require_gpu(current_environment())
+    model = str(manifest.model.get("name") or "MODEL")
+    mode = choose_build_mode(trt, precision, manifest.precision, folder, model)  # before any build
+    request = BuildRequest(profile, precision, mode, require_gpu(current_environment()))
     notify = progress or (lambda event: None)
     paths = []
     for graph in RUNTIME_GRAPHS:
-        job = plan_job(folder, manifest, graph, profile, precision, environment)
+        job = plan_job(folder, manifest, graph, request)
         engine = reuse_cached(job, notify) if not force else None
         engine = engine or build_engine(trt, job, notify, workspace_bytes)
         record_in_manifest(folder, engine)
@@ -131,14 +149,7 @@ def build_engines(
     return paths
 
 
-def plan_job(
-    folder: Path,
-    manifest: Manifest,
-    graph: str,
-    profile: SizeProfile,
-    precision: str,
-    environment: Environment,
-) -> BuildJob:
+def plan_job(folder: Path, manifest: Manifest, graph: str, request: BuildRequest) -> BuildJob:
     entry = manifest.graphs.get(graph)
     if entry is None:
         raise EngineError(
@@ -148,21 +159,25 @@ def plan_job(
     onnx_path = folder / entry.file
     if not onnx_path.is_file():
         raise ModelNotFoundError(f"{onnx_path} is missing; export the model again")
+    environment = request.environment
     key = EngineKey(
         onnx_sha256=entry.sha256,
-        precision=precision,
-        profile=profile,
+        precision=request.precision,
+        profile=request.profile,
         tensorrt_version=str(environment.tensorrt_version),
         compute_capability=str(environment.compute_capability),
         os=environment.os,
+        build_mode=request.build_mode,
     )
     spec = graph_specs(manifest.latent_channels, manifest.text_width)[graph]
-    shapes = profile_shapes(spec, profile, manifest.vae_scale_factor)
+    shapes = profile_shapes(spec, request.profile, manifest.vae_scale_factor)
     sidecar = {
         "graph": graph,
         "model": {"name": manifest.model.get("name", ""), "hash": manifest.model.get("hash", "")},
         "onnx_file": entry.file,
-        "profile": asdict(profile),
+        # Strongly typed, an fp16 export's fp32 fallback graph (the VAE) stays an fp32 engine.
+        "graph_precision": entry.precision,
+        "profile": asdict(request.profile),
         "environment": environment.to_dict(),
         "sdxs_rt_version": __version__,
     }
@@ -199,12 +214,12 @@ def serialize_network(
     """ONNX file -> serialized engine (TensorRT's IHostMemory, a buffer)."""
     trt_logger = tensorrt_logger(trt)
     builder = trt.Builder(trt_logger)
-    network = builder.create_network(0)
+    network = builder.create_network(network_flags(trt, job.key.build_mode))
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(job.onnx_path)):
         raise EngineError(parse_error_message(parser, job.onnx_path))
     config = builder.create_builder_config()
-    configure(trt, config, job.key.precision, workspace_bytes)
+    configure(trt, config, job.key.build_mode, workspace_bytes)
     config.add_optimization_profile(optimization_profile(builder, network, job))
     monitor = make_progress_monitor(trt, job.graph, notify)  # must outlive the build
     config.progress_monitor = monitor
@@ -217,9 +232,8 @@ def serialize_network(
     return serialized
 
 
-def configure(trt: Any, config: Any, precision: str, workspace_bytes: int | None) -> None:
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+def configure(trt: Any, config: Any, build_mode: str, workspace_bytes: int | None) -> None:
+    set_precision_flags(trt, config, build_mode)
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
 
@@ -322,6 +336,7 @@ def manifest_record(engine: CachedEngine) -> dict[str, Any]:
         "file": str(engine.engine_path),
         "key": sidecar["key"],
         "profile": sidecar["key"]["profile"],
+        "graph_precision": sidecar.get("graph_precision", ""),
         "environment": sidecar.get("environment", {}),
         "built_at": sidecar.get("built_at", ""),
         "sdxs_rt_version": sidecar.get("sdxs_rt_version", ""),

@@ -1,7 +1,8 @@
 """The engine cache: per-machine TensorRT engines built from the portable ONNX graphs.
 
 Torch-free and TensorRT-free. An engine is keyed by (ONNX content hash, precision, profile,
-TensorRT version, GPU compute capability, OS) (DESIGN.md "Export and engines"); the key's short
+TensorRT version, GPU compute capability, OS) (DESIGN.md "Export and engines"), plus how the
+builder got that precision (`build_mode.py`: strongly typed or the FP16 flag); the key's short
 digest names two files in the cache folder: `<digest>.engine` and the JSON sidecar
 `<digest>.json` with the full key and the build environment. Writes are atomic: a reader (or a
 crash) never sees half an engine.
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sdxs_rt.backends.tensorrt.build_mode import LEGACY_WEAKLY_TYPED
 from sdxs_rt.backends.tensorrt.profile import profile_from_dict
 from sdxs_rt.graphs import SizeProfile
 
@@ -62,13 +64,14 @@ class EngineKey:
     tensorrt_version: str
     compute_capability: str
     os: str
+    build_mode: str  # build_mode.STRONGLY_TYPED or FP16_FLAG
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> EngineKey:
-        data = dict(values)
+        data = {"build_mode": LEGACY_WEAKLY_TYPED, **values}  # older sidecars lack the mode
         data["profile"] = profile_from_dict(data["profile"])
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 

@@ -146,6 +146,8 @@ def clear_command(args: argparse.Namespace) -> int:
 
 def engine_row(engine: Any) -> dict[str, Any]:
     """One cached engine as a flat dict (the JSON of `engine list --json`)."""
+    from sdxs_rt.backends.tensorrt.build_mode import LEGACY_WEAKLY_TYPED
+
     sidecar, key = engine.sidecar, engine.sidecar.get("key", {})
     environment = sidecar.get("environment", {})
     return {
@@ -155,6 +157,7 @@ def engine_row(engine: Any) -> dict[str, Any]:
         "model_hash": sidecar.get("model", {}).get("hash", ""),
         "onnx_sha256": key.get("onnx_sha256", ""),
         "precision": key.get("precision", ""),
+        "build_mode": key.get("build_mode", LEGACY_WEAKLY_TYPED),
         "profile": key.get("profile", {}),
         "tensorrt_version": key.get("tensorrt_version", ""),
         "gpu": environment.get("gpu_name") or "",

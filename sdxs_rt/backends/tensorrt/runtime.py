@@ -1,6 +1,7 @@
 """Run a TensorRT engine on torch CUDA tensors, optionally replaying a captured CUDA graph.
 
-The TensorRT 10 API in use: `Runtime.deserialize_cuda_engine`; the engine's I/O tensors
+The tensor-name API in use, the same in the TensorRT 10.0 and 11.x Python bindings (none of it is
+among 11.x's removals): `Runtime.deserialize_cuda_engine`; the engine's I/O tensors
 (`num_io_tensors`, `get_tensor_name`, `get_tensor_mode`, `get_tensor_dtype`,
 `get_tensor_shape`, `get_tensor_profile_shape`); an execution context's `set_input_shape`,
 `get_tensor_shape`, `set_tensor_address` and `execute_async_v3(stream)`.
