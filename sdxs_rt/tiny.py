@@ -99,8 +99,8 @@ class MexmaSigLIP(PreTrainedModel):
         text_config = XLMRobertaConfig(**TEXT_CONFIG)
         self.text_model = XLMRobertaModel(text_config, add_pooling_layer=False)
         self.text_projector = nn.Linear(text_config.hidden_size, EMBED_DIM, bias=False)
-        vision_config = SiglipVisionConfig(**VISION_CONFIG)
-        self.vision_model = SiglipVisionModel(vision_config).vision_model
+        vision = SiglipVisionModel(SiglipVisionConfig(**VISION_CONFIG))
+        self.vision_model = getattr(vision, "vision_model", vision)  # flat in transformers 5
         self.logit_scale = nn.Parameter(torch.ones([1]) * math.log(10))
         self.logit_bias = nn.Parameter(torch.ones([1]) * -10)
 
@@ -322,7 +322,9 @@ def _vision_tensors(vision: dict[str, Any], seed: int) -> dict[str, torch.Tensor
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     with _seeded(seed):
-        tower = SiglipVisionModel(SiglipVisionConfig(**vision)).vision_model
+        model = SiglipVisionModel(SiglipVisionConfig(**vision))
+    # transformers 4 wraps the tower as `.vision_model`; 5 flattened it (same tensor names)
+    tower = getattr(model, "vision_model", model)
     _perturb_zero_tensors(tower, seed)
     tensors = {f"vision_model.{k}": v for k, v in tower.state_dict().items()}
     tensors["logit_scale"] = torch.ones(1) * math.log(10)

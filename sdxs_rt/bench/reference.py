@@ -140,18 +140,36 @@ class CardModel:
 def load_card_model(model: Path, device: str, dtype: torch.dtype) -> CardModel:
     """Load every part as the card does (the text encoder from `model/text_encoder`)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
 
     te_dir = Path(model) / "text_encoder"
     variant = "fp16" if any((Path(model) / "unet").glob("*.fp16.safetensors")) else None
-    text_model = AutoModel.from_pretrained(te_dir, torch_dtype=dtype, trust_remote_code=True)
     return CardModel(
         tokenizer=AutoTokenizer.from_pretrained(te_dir),
-        text_model=text_model.to(device, dtype=dtype).eval(),
+        text_model=card_text_model(te_dir, device, dtype, variant),
         unet=_load(UNet2DConditionModel, model, "unet", variant).to(device, dtype=dtype).eval(),
         vae=_load(AutoencoderKL, model, "vae", variant).to(device, dtype=dtype).eval(),
         scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler"),
     )
+
+
+def card_text_model(te_dir: Path, device: str, dtype: torch.dtype, variant: str | None) -> Any:
+    """The card's `AutoModel.from_pretrained(..., trust_remote_code=True)`, verbatim under
+    transformers 4. transformers 5 cannot build the published class that way (it never calls
+    post_init), so there the same class and file go through `load_remote_model`."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(te_dir, torch_dtype=dtype, trust_remote_code=True)
+        return model.to(device, dtype=dtype).eval()
+    from sdxs_rt.backends.torch.remote_code import load_remote_model
+    from sdxs_rt.loading import resolve_model
+    from sdxs_rt.text_encoder_files import resolve_text_encoder
+
+    files = resolve_text_encoder(str(te_dir), resolve_model(str(te_dir.parent), variant))
+    return load_remote_model(files, torch.device(device), dtype)
 
 
 def _load(cls: Any, model: Path, subfolder: str, variant: str | None) -> Any:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError
+from sdxs_rt.backends.torch.remote_code import load_remote_model
+from sdxs_rt.errors import ModelFormatError
 from sdxs_rt.text_encoder_files import TextEncoderFiles
 from sdxs_rt.text_layout import TOWER_PARTS, TOWER_UNUSED, TextLayout
 
@@ -85,7 +86,7 @@ class RemoteCodeTextEncoder(PooledTextEncoder):
         pad_to_max_length: bool = False,
     ) -> RemoteCodeTextEncoder:
         encoder = cls(load_tokenizer(files), torch.device(device), dtype, pad_to_max_length)
-        encoder.model = _load_remote_model(files, encoder.device, dtype)
+        encoder.model = load_remote_model(files, encoder.device, dtype)
         encoder.width = int(encoder([""]).shape[-1])  # whatever the remote code projects to
         return encoder
 
@@ -158,41 +159,6 @@ def _warn_if_truncated(tokenizer: Any, prompts: Sequence[str]) -> None:
 
 
 # --- remote code ------------------------------------------------------------------------
-
-
-def _load_remote_model(files: TextEncoderFiles, device: torch.device, dtype: torch.dtype) -> Any:
-    from transformers import AutoModel
-
-    try:
-        model = AutoModel.from_pretrained(
-            str(files.dir), trust_remote_code=True, dtype=dtype, use_safetensors=True
-        )
-    except ImportError as exc:  # transformers lists the packages the remote code imports
-        raise DeviceError(
-            f"The remote code of {files.dir} needs Python packages that are not installed "
-            f"({_first_line(exc)}); install them or drop --trust-remote-code."
-        ) from None
-    except OSError as exc:  # e.g. the tower configs the published code fetches from the hub
-        raise ModelNotFoundError(
-            f"The remote code of {files.dir} needs a file it could not get "
-            f"({_first_line(exc)}); it fetches tower configs from the hub, so run it online "
-            "once or drop --trust-remote-code."
-        ) from None
-    except (ValueError, KeyError, AttributeError) as exc:
-        raise ModelFormatError(
-            f"{files.dir} could not be loaded with its remote code ({_first_line(exc)})."
-        ) from None
-    if not callable(getattr(model, "encode_texts", None)):
-        raise ModelFormatError(
-            f"The text encoder in {files.dir} ({type(model).__name__}) has no encode_texts "
-            "method; sdxs-rt needs a Mexma-SigLIP-style model."
-        )
-    return model.to(device, dtype).eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 # --- native layout ----------------------------------------------------------------------
