@@ -38,8 +38,8 @@ from sdxs_rt.graphs import (
     graph_specs,
     write_manifest,
 )
+from sdxs_rt.hub import check_revision
 from sdxs_rt.loading import file_sha256, resolve_model
-from sdxs_rt.pipeline import check_revision
 from sdxs_rt.text_encoder_files import check_text_width, resolve_text_encoder
 
 from . import parity

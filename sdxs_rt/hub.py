@@ -13,13 +13,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sdxs_rt.errors import ModelFormatError, ModelNotFoundError
+from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and ".." not in spec
+
+
+def check_revision(model: str | Path | None, revision: str | None) -> None:
+    """Refuse a revision that cannot be honoured: only hub repos have revisions, and a local
+    folder silently ignoring one would record a pin that never applied."""
+    if revision is None:
+        return
+    if not revision.strip():
+        raise UsageError("the revision is empty; give a branch, tag or commit of the hub repo")
+    if model is None or Path(model).expanduser().exists():
+        what = "the built-in model" if model is None else f"{model} (a local path)"
+        raise UsageError(
+            f"--revision {revision} applies to hub repo ids only, not to {what}; drop it"
+        )
 
 
 def local_folder(spec: str, what: str) -> Path | None:

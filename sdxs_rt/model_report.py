@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from sdxs_rt.components import latent_scaling_from_config, latent_scaling_note
 from sdxs_rt.errors import EXIT_NOT_FOUND, ModelFormatError, SdxsError
+from sdxs_rt.hub import check_revision
 from sdxs_rt.loading import (
     KNOWN_FOLDERS,
     UNET_FOLDERS,
@@ -24,7 +25,7 @@ from sdxs_rt.loading import (
     resolve_model,
     weights_table,
 )
-from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, check_revision, default_scheduler
+from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, default_scheduler
 from sdxs_rt.text_encoder_files import TextEncoderFiles, check_text_width, resolve_text_encoder
 from sdxs_rt.text_layout import TensorInfo
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from PIL import Image
 from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
 from sdxs_rt.errors import DeviceError, UsageError
 from sdxs_rt.guidance import guided_model
+from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import BatchNoise, random_seed, seeds_for
@@ -123,20 +123,6 @@ def import_backend(name: str) -> Any:
             f"the {name} backend needs the Python package {exc.name!r}; "
             f"install it with: pip install '{BACKEND_EXTRAS[name]}'"
         ) from None
-
-
-def check_revision(model: str | Path | None, revision: str | None) -> None:
-    """Refuse a revision that cannot be honoured: only hub repos have revisions, and a local
-    folder silently ignoring one would record a pin that never applied."""
-    if revision is None:
-        return
-    if not revision.strip():
-        raise UsageError("the revision is empty; give a branch, tag or commit of the hub repo")
-    if model is None or Path(model).expanduser().exists():
-        what = "the built-in model" if model is None else f"{model} (a local path)"
-        raise UsageError(
-            f"--revision {revision} applies to hub repo ids only, not to {what}; drop it"
-        )
 
 
 class Pipeline:

@@ -11,8 +11,8 @@ import pytest
 
 from sdxs_rt.cli import main
 from sdxs_rt.errors import UsageError
+from sdxs_rt.hub import check_revision
 from sdxs_rt.metadata import read_metadata
-from sdxs_rt.pipeline import check_revision
 
 REPO = "org/tiny-sdxs"
 SHA = "89abcdef0123456789abcdef0123456789abcdef"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxs_rt.errors import ModelNotFoundError, UsageError
-from sdxs_rt.pipeline import check_revision
+from sdxs_rt.hub import check_revision
 
 if sys.version_info >= (3, 11):
     import tomllib

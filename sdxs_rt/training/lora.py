@@ -31,8 +31,8 @@ from sdxs_rt.backends.torch.lora import (
 )
 from sdxs_rt.backends.torch.weights import save_safetensors_atomic
 from sdxs_rt.errors import ModelFormatError, ModelNotFoundError, UsageError
+from sdxs_rt.hub import check_revision
 from sdxs_rt.loading import WEIGHTS_STEM_DIFFUSERS, ModelFiles, resolve_model
-from sdxs_rt.pipeline import check_revision
 
 if TYPE_CHECKING:
     from diffusers import UNet2DConditionModel
