@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -17,11 +17,6 @@ from typing import Any
 
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.hub import check_revision
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 MODES = ("full", "lora")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
