@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ pytest.importorskip("diffusers")
 
 from sdxs_rt.bench.command import add_bench_arguments, run_bench
 from sdxs_rt.bench.presets import PRESETS, count_parameters
-from sdxs_rt.bench.runner import psnr
+from sdxs_rt.bench.runner import BenchConfig, ensure_model, psnr, run_bench_rows
 
 ROW_FIELDS = (
     "text_encode",
@@ -71,18 +72,69 @@ def test_tiny_bench_runs_every_path_and_writes_json(
     assert "reference" in table and "PSNR dB" in table
 
 
+def _bench_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    return parser.parse_args(["--cache-dir", str(tmp_path / "cache"), *extra])
+
+
+def test_a_preset_written_as_the_fp16_variant_runs_every_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `full` preset writes only `*.fp16.safetensors`: the tiny preset with that variant,
+    built and loaded by the bench's own functions (not only the reference may run)."""
+    monkeypatch.setitem(PRESETS, "tiny", replace(PRESETS["tiny"], variant="fp16"))
+    out = tmp_path / "bench.json"
+    args = _bench_args(tmp_path, "--preset", "tiny", "--paths", "torch", "--json-out", str(out))
+    assert run_bench(args) == 0
+    model = Path(json.loads(out.read_text())["model"])
+    assert sorted(p.name for p in (model / "unet").glob("*.safetensors")) == [
+        "diffusion_pytorch_model.fp16.safetensors"
+    ]
+    rows = {row["path"]: row for row in json.loads(out.read_text())["rows"]}
+    assert [rows[p]["status"] for p in ("reference", "torch")] == ["ok", "ok"], rows
+
+
+def test_the_gpu_checks_load_the_fp16_variant_as_the_bench_builds_it(tmp_path: Path) -> None:
+    """The GPU check's own functions, on the CPU: they pass the preset's variant on."""
+    from sdxs_rt.bench.correctness import CheckSetup, folded_vs_unfolded, sdxs_vs_card
+
+    preset = replace(PRESETS["tiny"], variant="fp16")
+    setup = CheckSetup(ensure_model(preset, tmp_path), "fp16", device="cpu", precision="fp32")
+    fold = folded_vs_unfolded(setup, side=8)
+    assert fold["ok"], fold
+    card = sdxs_vs_card(setup, size=64, steps=2)
+    assert card["ok"] and card["psnr_db"] >= 35.0, card
+
+
+def test_a_time_budget_cuts_paths_and_gives_compile_paths_what_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager paths keep their own limit; the compile path, run last, gets the rest of the budget,
+    and running out of it is "over-budget", not a failure."""
+    from sdxs_rt.bench import runner
+
+    limits: dict[str, float] = {}
+
+    def time_out(job: runner.Job, timeout_s: float) -> dict:
+        limits[job.path] = timeout_s
+        return {"path": job.path, "status": "failed", "reason": "timed out", "timed_out": True}
+
+    monkeypatch.setattr(runner, "run_in_subprocess", time_out)
+    config = BenchConfig(
+        paths=["torch-compile"], cache_dir=str(tmp_path), timeout_s=5.0, budget_s=1000.0
+    )
+    rows = {row["path"]: row for row in run_bench_rows(config, log=lambda _m: None)["rows"]}
+    assert limits["reference"] == 5.0 and 990.0 < limits["torch-compile"] <= 1000.0
+    assert rows["reference"]["status"] == "failed"
+    assert rows["torch-compile"]["status"] == "over-budget"
+    spent = run_bench_rows(replace(config, budget_s=10.0), log=lambda _m: None)["rows"]
+    assert [row["status"] for row in spent] == ["failed", "over-budget"]
+    assert "not started" in spent[1]["reason"]
+
+
 def test_the_cli_path_choices_match_the_runner() -> None:
     from sdxs_rt.bench.command import PATH_NAMES
     from sdxs_rt.bench.runner import ALL_PATHS
 
     assert PATH_NAMES == ALL_PATHS
-
-
-def test_the_report_date_needs_no_datetime_utc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`datetime.UTC` is Python 3.11+; the package declares 3.10, whose datetime lacks it."""
-    import datetime
-
-    from sdxs_rt.bench.report import environment
-
-    monkeypatch.delattr(datetime, "UTC")
-    assert environment("cpu")["date"].endswith(" UTC")

@@ -170,7 +170,7 @@ def _write_text_encoder(folder: Path, preset: Preset, tokenizer: Any, seed: int)
 def build_preset_model(preset: Preset, root: Path, seed: int = 0) -> Path:
     """Write the preset's random-weight model (remote-code text encoder) to `root`."""
     if preset.name == "tiny":
-        return tiny.build_tiny_model(root, seed=seed, remote_code=True)
+        return tiny.build_tiny_model(root, seed=seed, remote_code=True, variant=preset.variant)
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     root.mkdir(parents=True, exist_ok=True)

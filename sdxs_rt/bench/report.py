@@ -67,8 +67,7 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
-        # timezone.utc, not datetime.UTC: that alias is Python 3.11+ and we support 3.10
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
         "cpu": _cpu_model(),
         "cpu_count": _cpu_count(),

@@ -38,12 +38,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cuda_peak_mb(device: str) -> float | None:
+def cuda_peak_mb(device: str, reserved: bool = False) -> float | None:
+    """Peak CUDA memory of this process in MiB: allocated by tensors, or `reserved` by torch's
+    caching allocator (closer to what nvidia-smi shows, less the CUDA context)."""
     if not device.startswith("cuda"):
         return None
     import torch
 
-    return torch.cuda.max_memory_allocated() / 2**20
+    peak = torch.cuda.max_memory_reserved() if reserved else torch.cuda.max_memory_allocated()
+    return peak / 2**20
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -64,12 +67,13 @@ def run_job(job: Job) -> dict[str, Any]:
         row["traceback"] = traceback.format_exc(limit=4)
     row["peak_rss_mb"] = peak_rss_mb()
     row["cuda_max_allocated_mb"] = _safe_cuda_peak(job.device)
+    row["cuda_max_reserved_mb"] = _safe_cuda_peak(job.device, reserved=True)
     return row
 
 
-def _safe_cuda_peak(device: str) -> float | None:
+def _safe_cuda_peak(device: str, reserved: bool = False) -> float | None:
     try:
-        return cuda_peak_mb(device)
+        return cuda_peak_mb(device, reserved)
     except Exception:
         return None
 
@@ -98,8 +102,10 @@ def _reference(job: Job, row: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any
     parts = load_card_model(Path(job.model), job.device, dtype)
     row["load"] = time.perf_counter() - tick
     run = CardRun(PROMPT, NEGATIVE, job.seed, job.steps, job.size, job.guidance, job.device, dtype)
+    tick = time.perf_counter()
     for _ in range(job.warmup):
         run_card(parts, CardRun(**{**run.__dict__, "steps": min(2, job.steps)}))
+    row["warmup"] = time.perf_counter() - tick
     runs, image = [], np.zeros(0)
     for _ in range(job.repeat):
         result = run_card(parts, run)
@@ -135,7 +141,9 @@ def _load_pipeline(job: Job, row: dict[str, Any]) -> Any:
     if options and not extra:
         raise Skipped("the torch backend has no GPU fast path (`fast=` option) yet")
     row["fast_path"] = options
-    components = load(job.model, device=job.device, precision=precision, **extra)
+    components = load(
+        job.model, device=job.device, precision=precision, variant=job.variant, **extra
+    )
     return Pipeline(components)
 
 
@@ -159,7 +167,7 @@ def _ensure_onnx(job: Job) -> None:
         except ImportError as exc:
             raise Skipped(f"the ONNX exporter is not installed ({exc})") from None
     partial = folder.with_name(folder.name + ".partial")
-    export_onnx(job.model, partial, precision="fp32", trust_remote_code=True)
+    export_onnx(job.model, partial, precision="fp32", variant=job.variant, trust_remote_code=True)
     partial.rename(folder)
 
 
@@ -174,8 +182,10 @@ def _sdxs(job: Job, row: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         "height": job.size,
         "seed": job.seed,
     }
-    for _ in range(job.warmup):
+    tick = time.perf_counter()
+    for _ in range(job.warmup):  # where torch.compile compiles and CUDA graphs are captured
         pipe(PROMPT, num_inference_steps=min(2, job.steps), **kwargs)
+    row["warmup"] = time.perf_counter() - tick
     runs, image = [], np.zeros(0)
     for _ in range(job.repeat):
         image, timings = _timed_generate(pipe, job, kwargs)
