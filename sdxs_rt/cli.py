@@ -372,14 +372,22 @@ def dispatch(args: argparse.Namespace) -> int:
     return EXIT_USAGE
 
 
+NOISY_LIBRARIES = ("diffusers", "transformers", "huggingface_hub", "bitsandbytes", "accelerate")
+VERBOSITY_VARIABLES = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY")
+
+
 def show_warnings_briefly(debug: bool) -> None:
     """Our own warnings as one `sdxs-rt: warning:` line; third-party chatter only with --debug."""
     warnings.formatwarning = lambda message, *args, **kwargs: f"sdxs-rt: warning: {message}\n"
     if not debug:
         warnings.filterwarnings("ignore")
         warnings.filterwarnings("default", module=r"sdxs_rt(\.|$)")
-        for noisy in ("diffusers", "transformers", "huggingface_hub"):
+        for noisy in NOISY_LIBRARIES:
             logging.getLogger(noisy).setLevel(logging.ERROR)
+        # transformers 5 and diffusers reset their loggers' level from these at import, which
+        # comes after this (lazily): without them a model-type notice reaches every run.
+        for variable in VERBOSITY_VARIABLES:
+            os.environ.setdefault(variable, "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

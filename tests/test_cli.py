@@ -233,6 +233,19 @@ def test_sigint_in_a_real_process(tmp_path: Path) -> None:
         Image.open(path).load()  # every file left is a complete image
 
 
+def test_a_plain_run_prints_only_its_own_lines(tmp_path: Path) -> None:
+    """No third-party notice (transformers' model-type warning, bitsandbytes, diffusers)
+    reaches stderr of a normal run; each library resets its logger at import, so this needs
+    a fresh process."""
+    argv = [sys.executable, "-m", "sdxs_rt.cli", "generate", "a red circle", "--steps", "2"]
+    argv += ["-o", str(tmp_path / "a.png"), "--seed", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines and all(line.startswith(("prompt ", "seed ")) for line in lines), lines
+
+
 def test_fp16_variant_in_sdxs_folder_generates(
     capsys, tmp_path: Path, tiny_model_sdxs_fp16
 ) -> None:
