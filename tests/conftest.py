@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,39 @@ def exported_tiny_fp32(tiny_model: Path, tmp_path_factory: pytest.TempPathFactor
 def exported_tiny_fp16(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`tiny_model` exported to ONNX in fp16; read-only."""
     return _export(tiny_model, tmp_path_factory, "fp16")
+
+
+# --- hardware markers selected on purpose fail instead of skipping ------------------------------
+# `pytest -m gpu` (or `-m tensorrt`) on a machine without the hardware must not pass by skipping
+# every test: when the -m expression needs the marker to select a test, that test's skip
+# (pytest.skip, importorskip, skipif) is reported as a failure, with the skip's reason.
+HARDWARE_MARKERS = ("gpu", "tensorrt")
+
+
+def _selects(markexpr: str, marks: set[str]) -> bool:
+    from _pytest.mark.expression import Expression
+
+    return Expression.compile(markexpr).evaluate(lambda name, **_kwargs: name in marks)
+
+
+def _marker_selected_on_purpose(item: pytest.Item) -> str | None:
+    """The hardware marker without which `-m` would not have selected `item`, if any."""
+    markexpr = item.config.getoption("markexpr") or ""
+    marks = {mark.name for mark in item.iter_markers()}
+    for marker in HARDWARE_MARKERS:
+        if markexpr and marker in marks and not _selects(markexpr, marks - {marker}):
+            return marker
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    marker = _marker_selected_on_purpose(item) if report.skipped else None
+    if marker is not None and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (
+            f"-m selected the {marker!r} tests on purpose, but this one skipped: {reason}"
+        )
+    return report

@@ -1,0 +1,147 @@
+"""scripts/gpu-check.sh, the one device command, run here as it is, without CUDA: it must install
+sdxs-rt from a wheelhouse, verify everything else, then stop at the "no CUDA" report (exit 4).
+And `pytest -m gpu` / `-m tensorrt` fail, not skip, where the hardware is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from sdxs_rt.bench.preflight import stale_files  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+
+
+def _script(name: str, env: dict[str, str], *args: str, timeout: float = 240.0):
+    return subprocess.run(
+        ["bash", str(SCRIPTS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable, **env},
+    )
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdxs-rt wheel of this tree, built by the prepare script (offline: no diffusers)."""
+    folder = tmp_path_factory.mktemp("wheelhouse") / "wheels"
+    done = _script("prepare-wheelhouse.sh", {}, "--offline", str(folder), timeout=180)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run needs a machine without CUDA")
+def test_without_cuda_the_script_checks_everything_else_then_exits_4(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = {"OUT": str(out), "SDXS_RT_WHEELHOUSE": str(wheelhouse)}
+    done = _script("gpu-check.sh", {**env, "SDXS_RT_SITE": str(tmp_path / "site")})
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "installed sdxs_rt-0.1.0-py3-none-any.whl" in done.stdout
+    assert "diffusers: already on this machine" in done.stdout  # here; the GPU machine installs it
+    assert re.search(r"NO CUDA: .*Everything else is in place", done.stdout)
+    assert "NOT IN PLACE" not in done.stdout
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["status"] == "no cuda" and report["preflight"]["ok"]
+    imports = report["preflight"]["imports"]
+    assert {"sdxs_rt", "sdxs_rt_export", "diffusers", "transformers"} <= set(imports["found"])
+    assert Path(imports["sdxs_rt_file"]).is_relative_to(tmp_path / "site")  # the wheel's copy
+    tests = report["preflight"]["gpu_tests"]
+    assert "tests/test_torch_fast_path.py" in tests["files"] and len(tests["ids"]) >= 3
+    assert (out / "gpu-check.log").read_text() == done.stdout
+
+
+def test_without_the_sdxs_rt_wheel_the_script_stops_at_once(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    env = {"OUT": str(tmp_path / "out"), "SDXS_RT_WHEELHOUSE": str(tmp_path / "empty")}
+    done = _script("gpu-check.sh", env, timeout=60)
+    assert done.returncode == 3
+    assert "run scripts/prepare-wheelhouse.sh first" in done.stdout
+
+
+def test_an_install_from_another_tree_is_stale(tmp_path: Path) -> None:
+    repo, site = tmp_path / "repo", tmp_path / "site"
+    for tree, package in (("sdxs_rt", "sdxs_rt"), ("export", "sdxs_rt_export")):
+        for root in ((repo / tree), (site / package)):
+            (root / "sub").mkdir(parents=True)
+            (root / "sub" / "a.py").write_text("A = 1\n")
+    assert stale_files(site, repo) == []
+    (repo / "export" / "sub" / "a.py").write_text("A = 2\n")
+    (repo / "sdxs_rt" / "new.py").write_text("")
+    assert stale_files(site, repo) == ["sdxs_rt/new.py", "sdxs_rt_export/sub/a.py"]
+
+
+# --- `-m gpu` / `-m tensorrt` on purpose: a skip is a failure (tests/conftest.py) ---------------
+
+MARKED_TESTS = """
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_skips():
+    pytest.skip("needs a CUDA GPU")
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_missing():
+    pytest.importorskip("no_such_module_for_sdxs_rt_tests")
+
+@pytest.mark.gpu
+def test_gpu_passes():
+    pass
+
+@pytest.mark.gpu
+@pytest.mark.xfail(reason="known")
+def test_gpu_xfails():
+    raise AssertionError
+"""
+
+
+def _run_marked(tmp_path: Path, markexpr: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_marked.py").write_text(MARKED_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: x\n    tensorrt: y\n")
+    cmd = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"]
+    args = ["-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), "-m", markexpr]
+    return subprocess.run(
+        [*cmd, *args, str(tmp_path / "test_marked.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_a_skip_fails_when_its_hardware_marker_was_selected_on_purpose(tmp_path: Path) -> None:
+    done = _run_marked(tmp_path, "gpu")
+    assert done.returncode == 1
+    assert "2 failed, 1 passed, 1 xfailed" in done.stdout
+    assert "-m selected the 'gpu' tests on purpose, but this one skipped" in done.stdout
+    assert "needs a CUDA GPU" in done.stdout
+    trt = _run_marked(tmp_path, "tensorrt and not slow")
+    assert "1 failed" in trt.stdout and "selected the 'tensorrt' tests on purpose" in trt.stdout
+
+
+def test_a_skip_stays_a_skip_when_the_marker_was_not_asked_for(tmp_path: Path) -> None:
+    done = _run_marked(tmp_path, "not slow")
+    assert done.returncode == 0, done.stdout
+    assert "1 passed, 2 skipped, 1 xfailed" in done.stdout
+
+
+def test_the_scripts_are_executable_bash() -> None:
+    for name in ("gpu-check.sh", "prepare-wheelhouse.sh"):
+        assert os.access(SCRIPTS / name, os.X_OK)
+        if shutil.which("bash"):
+            assert subprocess.run(["bash", "-n", str(SCRIPTS / name)]).returncode == 0
