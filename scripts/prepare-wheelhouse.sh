@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare wheelhouse/ for scripts/gpu-check.sh, on a machine with PyPI access (a CPU one will do).
 #
-#   scripts/prepare-wheelhouse.sh                 # -> wheelhouse/: sdxs-rt + diffusers, about 20 MB
+#   scripts/prepare-wheelhouse.sh                 # -> wheelhouse/: sdxs-rt + diffusers, about 17 MB
 #   scripts/prepare-wheelhouse.sh --offline DIR   # only the sdxs-rt wheel (the CPU dry-run test)
 #
 # The lent GPU machine has torch, transformers 5, huggingface_hub 1, tokenizers, safetensors,
