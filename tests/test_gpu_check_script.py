@@ -85,6 +85,78 @@ def test_an_install_from_another_tree_is_stale(tmp_path: Path) -> None:
     assert stale_files(site, repo) == ["sdxs_rt/new.py", "sdxs_rt_export/sub/a.py"]
 
 
+# --- the CUDA side of gpu_check, with its phases faked (no GPU here) ---------------------------
+
+
+def _row(path: str, allocated: float, reserved: float) -> dict:
+    return {
+        "path": path,
+        "status": "ok",
+        "precision": "fp16",
+        "cuda_max_allocated_mb": allocated,
+        "cuda_max_reserved_mb": reserved,
+    }
+
+
+@pytest.fixture
+def faked_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """gpu_check.main as on a GPU machine, each phase's work replaced by a canned result."""
+    from sdxs_rt.bench import gpu_check, report, runner
+    from sdxs_rt.bench import preflight as pf
+
+    rows = [_row("reference", 7000.0, 7400.0), _row("torch", 5600.0, 6100.0)]
+    rows.append({"path": "torch-compile", "status": "over-budget", "reason": "stopped"})
+    canned: dict = {
+        "checks": [{"check": "fold", "ok": True}, {"check": "fp16", "ok": True, "psnr_db": 41.0}],
+        "bench": {"size": 576, "rows": rows},
+        "budgets": [],
+    }
+    monkeypatch.setenv("OUT", str(tmp_path))
+    ready = {"ok": True, "problems": [], "imports": {"found": {"torch": "2"}, "missing": {}}}
+    monkeypatch.setattr(gpu_check, "preflight", lambda site, tests: ready)
+    monkeypatch.setattr(pf, "cuda_report", lambda probe: {"cuda_available": True})
+    monkeypatch.setattr(report, "environment", lambda device: {"gpu": "Fake H100"})
+    monkeypatch.setattr(gpu_check, "_gpu_properties", lambda: {"memory_gib": 79.1})
+    monkeypatch.setattr(gpu_check, "run_gpu_tests", lambda log: {"ok": True, "summary": "3 passed"})
+    monkeypatch.setattr(runner, "ensure_model", lambda preset, cache: tmp_path / "model")
+    monkeypatch.setattr(gpu_check, "run_checks", lambda model, variant: canned["checks"])
+
+    def bench(preset: str, budget_s: float) -> tuple[int, dict]:
+        canned["budgets"].append(budget_s)
+        return 0, canned["bench"]
+
+    monkeypatch.setattr(gpu_check, "run_bench", bench)
+    return canned
+
+
+def test_on_cuda_the_summary_has_phases_checks_tests_and_peak_vram(
+    faked_cuda: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdxs_rt.bench import gpu_check
+
+    assert gpu_check.main(["--tests", "--budget-s", "400"]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("== summary") :]
+    for phase in ("preflight", "gpu tests", "build model", "checks", "bench"):
+        assert f"phase {phase}" in summary
+    assert "peak VRAM torch (fp16, 576x576, 1 image): 5600 MiB allocated, 6100 MiB reserved" in out
+    assert summary.rstrip().endswith("gpu_check: PASSED")
+    assert 370 < faked_cuda["budgets"][0] <= 400 - gpu_check.BENCH_RESERVE_S
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["status"] == "passed" and report["gpu_tests"]["ok"]
+    assert report["peak_vram"]["torch"]["allocated_mib"] == 5600.0
+    assert "torch-compile" not in report["peak_vram"]  # over budget: reported by the bench table
+    assert set(report["phases_s"]) == set(gpu_check.PHASE_ESTIMATES_S)
+
+
+def test_on_cuda_a_failed_check_fails_the_run(faked_cuda: dict, tmp_path: Path) -> None:
+    from sdxs_rt.bench import gpu_check
+
+    faked_cuda["checks"][1].update(ok=False, psnr_db=20.0)
+    assert gpu_check.main(["--tests", "--skip-bench"]) == gpu_check.EXIT_FAILED
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["status"] == "failed"
+
+
 # --- `-m gpu` / `-m tensorrt` on purpose: a skip is a failure (tests/conftest.py) ---------------
 
 MARKED_TESTS = """

@@ -141,7 +141,7 @@ def run_gpu_tests(log_file: Path) -> dict[str, Any]:
         log_file.write_text(_text(exc.stdout) + _text(exc.stderr))
         return {"ok": False, "summary": f"timed out after {TESTS_LIMIT_S:.0f} s"}
     log_file.write_text(proc.stdout + proc.stderr)
-    lines = proc.stdout.strip().splitlines()
+    lines = proc.stdout.strip().splitlines() or [f"pytest exited {proc.returncode}, no output"]
     return {"ok": proc.returncode == 0, "returncode": proc.returncode, "summary": lines[-1]}
 
 
