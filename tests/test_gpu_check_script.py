@@ -157,6 +157,21 @@ def test_on_cuda_a_failed_check_fails_the_run(faked_cuda: dict, tmp_path: Path) 
     assert json.loads((tmp_path / "gpu_check.json").read_text())["status"] == "failed"
 
 
+def test_on_cuda_a_crashed_phase_still_writes_the_report(
+    faked_cuda: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdxs_rt.bench import gpu_check, runner
+
+    def disk_full(preset: object, cache: object) -> Path:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(runner, "ensure_model", disk_full)
+    assert gpu_check.main(["--tests"]) == gpu_check.EXIT_FAILED
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["status"] == "failed" and "No space left" in report["error"]
+    assert report["gpu_tests"]["ok"] and "build model" in report["phases_s"]
+
+
 # --- `-m gpu` / `-m tensorrt` on purpose: a skip is a failure (tests/conftest.py) ---------------
 
 MARKED_TESTS = """

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -210,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     report["phase_estimates_s"] = PHASE_ESTIMATES_S
     try:
         code = _run(args, phases, report)
+    except Exception as exc:  # a crashed phase (say, the model build) still leaves a report
+        traceback.print_exc()
+        report.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        print(summary(report), flush=True)
+        code = EXIT_FAILED
     finally:
         _write_report(report)
     return code
@@ -297,6 +303,8 @@ def summary(report: dict[str, Any]) -> str:
             f"peak VRAM {path} ({vram['precision']}, {vram['size']}x{vram['size']}, 1 image): "
             f"{vram['allocated_mib']:.0f} MiB allocated, {vram['reserved_mib']:.0f} MiB reserved"
         )
+    if "error" in report:
+        lines.append(f"error: {report['error']}")
     lines.append(f"gpu_check: {report['status'].upper()}")
     return "\n".join(lines)
 
