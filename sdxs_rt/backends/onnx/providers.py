@@ -33,10 +33,10 @@ DEVICE_NAME_OF = {CPU: "cpu", CUDA: "cuda", TENSORRT: "tensorrt", DIRECTML: "dml
 IOBINDING_PROVIDERS = (CUDA, TENSORRT)  # their outputs live in CUDA memory
 
 INSTALL_HINTS = {
-    CUDA: "pip uninstall onnxruntime && pip install 'sdxs-rt[gpu]' (onnxruntime-gpu, with "
-    "matching CUDA and cuDNN)",
-    TENSORRT: "pip uninstall onnxruntime && pip install 'sdxs-rt[gpu]' (onnxruntime-gpu) and the "
-    "TensorRT libraries",
+    CUDA: "pip uninstall onnxruntime && pip install 'sdxs-rt[gpu]' (onnxruntime-gpu with its "
+    "CUDA and cuDNN wheels)",
+    TENSORRT: "pip uninstall onnxruntime && pip install 'sdxs-rt[gpu]' (onnxruntime-gpu with its "
+    "CUDA and cuDNN wheels) and the TensorRT libraries",
     DIRECTML: "pip uninstall onnxruntime && pip install onnxruntime-directml (Windows)",
 }
 
@@ -58,6 +58,11 @@ class ProviderPlan:
     @property
     def uses_iobinding(self) -> bool:
         return self.primary in IOBINDING_PROVIDERS
+
+    @property
+    def needs_cuda_libraries(self) -> bool:
+        """CUDA and TensorRT plans load CUDA and cuDNN (the TensorRT chain holds CUDA too)."""
+        return any(name == CUDA for name, _ in self.providers)
 
 
 def parse_device(device: str) -> tuple[str, int]:

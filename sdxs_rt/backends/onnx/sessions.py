@@ -6,15 +6,22 @@ ONNX Runtime and copied out once); elsewhere through a plain `session.run`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
 
-from sdxs_rt.backends.onnx.providers import DIRECTML, ProviderPlan, check_session_providers
-from sdxs_rt.errors import EngineError, OutOfMemoryError, SdxsError
+from sdxs_rt.backends.onnx.providers import (
+    DIRECTML,
+    INSTALL_HINTS,
+    ProviderPlan,
+    check_session_providers,
+)
+from sdxs_rt.errors import DeviceError, EngineError, OutOfMemoryError, SdxsError
 from sdxs_rt.graphs import GraphEntry
+from sdxs_rt.stdout_guard import stdout_to_stderr
 
 # `NodeArg.type` strings -> numpy dtypes, for the tensor types our graphs use.
 ORT_TYPES = {
@@ -33,6 +40,7 @@ MANIFEST_TYPES = {
 }
 FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16))
 OUT_OF_MEMORY_MARKERS = ("out of memory", "failed to allocate", "bfcarena")
+ERRORS_ONLY = 3  # ONNX Runtime's log severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
 class GraphRunner(Protocol):
@@ -43,7 +51,7 @@ def session_options(plan: ProviderPlan) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Errors only: a provider fallback, ORT's usual warning, is our DeviceError instead.
-    options.log_severity_level = 3
+    options.log_severity_level = ERRORS_ONLY
     if plan.primary == DIRECTML:  # the DirectML provider requires both (its documentation)
         options.enable_mem_pattern = False
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -55,16 +63,49 @@ def open_session(folder: Path, entry: GraphEntry, plan: ProviderPlan) -> Any:
     path = Path(folder) / entry.file
     if not path.is_file():
         raise EngineError(f"{path} is missing; export the model again with 'sdxs-rt export onnx'")
+    # ORT prints provider fallbacks and failed preloads on stdout, which belongs to results
+    with stdout_to_stderr():
+        prepare_runtime(plan)
+        session = _create_session(path, plan)
+    check_session_providers(session, plan, entry.file)
+    # a provider that fails mid-run is then our error, not a fallback ORT prints on stdout
+    disable_fallback = getattr(session, "disable_fallback", None)
+    if disable_fallback is not None:
+        disable_fallback()
+    return session
+
+
+def _create_session(path: Path, plan: ProviderPlan) -> Any:
     try:
-        session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(path), sess_options=session_options(plan), providers=list(plan.providers)
         )
     except SdxsError:
         raise
     except Exception as exc:  # onnxruntime's own exceptions derive from Exception only
         raise EngineError(f"ONNX Runtime could not load {path}: {_first_line(exc)}") from None
-    check_session_providers(session, plan, entry.file)
-    return session
+
+
+def prepare_runtime(plan: ProviderPlan) -> None:
+    """Before creating a session: ORT's process-wide logger to errors only (a provider that
+    cannot start is our DeviceError, not its warning), and for CUDA and TensorRT plans the CUDA
+    and cuDNN libraries loaded from the `[gpu]` extra's nvidia wheels, where this onnxruntime
+    can (`preload_dlls`, onnxruntime-gpu 1.21+). Never for CPU or DirectML plans."""
+    ort.set_default_logger_severity(ERRORS_ONLY)
+    if plan.needs_cuda_libraries and hasattr(ort, "preload_dlls"):
+        try:
+            _preload_once(ort)
+        except Exception as exc:
+            raise DeviceError(
+                f"ONNX Runtime could not load the CUDA and cuDNN libraries {plan.primary} needs "
+                f"({_first_line(exc)}); install them with: {INSTALL_HINTS[plan.primary]}, "
+                "or use --device cpu"
+            ) from None
+
+
+@functools.cache  # once per process (and per module object); a failure is retried next time
+def _preload_once(runtime: Any) -> None:
+    runtime.preload_dlls()
 
 
 def input_dtypes(session: Any, entry: GraphEntry, required: tuple[str, ...]) -> dict[str, Any]:
