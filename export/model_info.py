@@ -123,7 +123,9 @@ def _convert_to_fast_tokenizer(source: Path, work: Path) -> None:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(
+            str(source), use_fast=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"no usable tokenizer in {source}: {exc}") from None
     tokenizer.save_pretrained(str(work))

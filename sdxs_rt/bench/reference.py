@@ -145,7 +145,8 @@ def load_card_model(model: Path, device: str, dtype: torch.dtype) -> CardModel:
     te_dir = Path(model) / "text_encoder"
     variant = "fp16" if any((Path(model) / "unet").glob("*.fp16.safetensors")) else None
     return CardModel(
-        tokenizer=AutoTokenizer.from_pretrained(te_dir),
+        # trust_remote_code=False: transformers 5 would otherwise ask (the folder has auto_map)
+        tokenizer=AutoTokenizer.from_pretrained(te_dir, trust_remote_code=False),
         text_model=card_text_model(te_dir, device, dtype, variant),
         unet=_load(UNet2DConditionModel, model, "unet", variant).to(device, dtype=dtype).eval(),
         vae=_load(AutoencoderKL, model, "vae", variant).to(device, dtype=dtype).eval(),

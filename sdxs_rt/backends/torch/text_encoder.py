@@ -143,7 +143,9 @@ def load_text_encoder(
 def load_tokenizer(files: TextEncoderFiles) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(files.tokenizer_dir))
+    # The tokenizer never needs remote code; saying so keeps transformers 5 from asking
+    # (it consults the folder's config.json, whose auto_map names the model's code).
+    return AutoTokenizer.from_pretrained(str(files.tokenizer_dir), trust_remote_code=False)
 
 
 def _warn_if_truncated(tokenizer: Any, prompts: Sequence[str]) -> None:
