@@ -79,14 +79,30 @@ def graph_specs(latent_channels: int = 16, text_width: int = 1152) -> dict[str, 
 
 @dataclass(frozen=True)
 class SizeProfile:
-    """The image sizes and batch an engine must cover (TensorRT optimization profiles)."""
+    """The image sizes and batch an engine must cover (TensorRT optimization profiles).
 
+    Batches count images: the U-Net's are doubled for guidance (`profile_shapes`).
+    """
+
+    # The defaults fit an 8 GB card: 320..768 px per side, one image (U-Net batch 2, the CFG
+    # pair), opt 576x576. TensorRT gives each execution context activation memory for the
+    # profile's max shape, whatever is asked. Estimates at the max shape, fp16, from the live
+    # tensors of one eager forward with fused attention (traced on the meta device; U-Net of the
+    # card, 48-wide heads; VAE assumed SD-shaped, 128..512 channels):
+    #   U-Net 768x768, batch 2: 0.36 GB (largest: the top level's feed-forward, 2 x 9216 tokens
+    #     x 3072 x 2 B = 113 MB); unfused attention would add 2 x 8 heads x 9216^2 x 2 B = 2.7 GB
+    #   VAE decoder 768x768, batch 1: 0.91 GB; text encoder, 512 tokens: under 0.05 GB
+    #   weights: U-Net 2.26B x 2 B = 4.53 GB, text tower 0.56B x 2 B = 1.12 GB, VAE decoder
+    #     0.10 GB; in all about 7.0 GB.
+    # The former default (1024 px, 4 images = U-Net batch 8) needed 2.6 GB (U-Net) + 6.4 GB (VAE
+    # decoder) of activations on top of the weights. Bigger profiles are a build option:
+    # `sdxs-rt engine build --model DIR --max-size 1024 --max-batch 4`.
     min_size: int = 320
     opt_size: int = 576
-    max_size: int = 1024
+    max_size: int = 768
     min_batch: int = 1
     opt_batch: int = 1
-    max_batch: int = 4
+    max_batch: int = 1
     max_sequence: int = 512
 
     def covers(self, width: int, height: int, batch: int) -> bool:
@@ -94,10 +110,10 @@ class SizeProfile:
         return sizes_ok and self.min_batch <= batch <= self.max_batch
 
     def describe(self) -> str:
-        return (
-            f"{self.min_size}..{self.max_size} px per side, "
-            f"batch {self.min_batch}..{self.max_batch}"
-        )
+        batches = f"{self.min_batch}..{self.max_batch}"
+        if self.min_batch == self.max_batch:  # the default: "batch 1", not "batch 1..1"
+            batches = str(self.max_batch)
+        return f"{self.min_size}..{self.max_size} px per side, batch {batches}"
 
 
 ShapeTriple = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]

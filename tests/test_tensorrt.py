@@ -163,7 +163,7 @@ def test_same_key_inputs_give_the_same_digest() -> None:
     [
         {"onnx_sha256": "1" * 64},
         {"precision": "fp32"},
-        {"profile": SizeProfile(max_size=768)},
+        {"profile": SizeProfile(max_size=1024)},
         {"profile": SizeProfile(max_batch=2)},
         {"profile": SizeProfile(opt_size=512)},
         {"tensorrt_version": "10.3.0"},
@@ -362,30 +362,34 @@ def test_engines_built_under_tensorrt_10_are_foreign_under_11(
 def test_profile_shapes_per_graph() -> None:
     specs = graph_specs(16, 1152)
     text = profile_shapes(specs["text_encoder"], SizeProfile())
-    assert text["input_ids"] == ((1, 1), (1, 77), (4, 512))
+    assert text["input_ids"] == ((1, 1), (1, 77), (1, 512))
     assert text["attention_mask"] == text["input_ids"]
     unet = profile_shapes(specs["unet"], SizeProfile())
-    # batch 1 at guidance <= 1, up to 2 x 4 with classifier-free guidance
-    assert unet["sample"] == ((1, 16, 40, 40), (2, 16, 72, 72), (8, 16, 128, 128))
-    assert unet["timestep"] == ((1,), (2,), (8,))
-    assert unet["encoder_hidden_states"] == ((1, 1, 1152), (2, 1, 1152), (8, 1, 1152))
+    # the default fits 8 GB cards: batch 1 at guidance <= 1, the CFG pair of one image
+    # otherwise, tuned for 576x576 and up to 768 px per side
+    assert unet["sample"] == ((1, 16, 40, 40), (2, 16, 72, 72), (2, 16, 96, 96))
+    assert unet["timestep"] == ((1,), (2,), (2,))
+    assert unet["encoder_hidden_states"] == ((1, 1, 1152), (2, 1, 1152), (2, 1, 1152))
     vae = profile_shapes(specs["vae_decoder"], SizeProfile())
-    assert vae["latent_sample"] == ((1, 16, 40, 40), (1, 16, 72, 72), (4, 16, 128, 128))
+    assert vae["latent_sample"] == ((1, 16, 40, 40), (1, 16, 72, 72), (1, 16, 96, 96))
+    bigger = profile_shapes(specs["unet"], SizeProfile(max_size=1024, max_batch=4))
+    assert bigger["sample"][2] == (8, 16, 128, 128)  # the former default, now a build option
 
 
 def test_validate_request_accepts_what_the_profile_covers() -> None:
     profile.validate_request(SizeProfile(), 576, 576, 1)
-    profile.validate_request(SizeProfile(), 320, 1024, 4)
+    profile.validate_request(SizeProfile(), 320, 768, 1)
 
 
 @pytest.mark.parametrize(
     ("size", "batch", "words"),
     [
-        ((576, 1280), 1, "576x1280 is outside this engine's profile (320..1024 px per side, "
-         "batch 1..4); rebuild with `sdxs-rt engine build --model DIR --max-size 1280`"),
+        ((576, 1024), 1, "576x1024 is outside this engine's profile (320..768 px per side, "
+         "batch 1); rebuild with `sdxs-rt engine build --model DIR --max-size 1024`"),
         ((256, 576), 1, "--min-size 256"),
         ((576, 576), 6, "576x576 with batch 6 is outside"),
         ((576, 576), 6, "--max-batch 6"),
+        ((576, 576), 2, "576x576 with batch 2 is outside"),
     ],
 )  # fmt: skip
 def test_validate_request_refuses_and_names_the_covered_sizes(
@@ -410,7 +414,8 @@ def test_check_profile_refuses_nonsense(bad: SizeProfile, words: str) -> None:
 
 
 def test_common_profile_is_what_every_engine_covers() -> None:
-    common = profile.common_profile([SizeProfile(), replace(SMALL, max_size=768)])
+    wide = SizeProfile(max_size=1024, max_batch=4)
+    common = profile.common_profile([wide, replace(SMALL, max_size=768)])
     assert (common.min_size, common.max_size, common.max_batch) == (320, 768, 2)
     assert common.min_size <= common.opt_size <= common.max_size
 
@@ -1032,6 +1037,13 @@ def test_engine_build_again_says_cached_and_clear_removes(
     assert "removed 3 engine(s)" in capsys.readouterr().err
     assert commands.run_engine(engine_cli("engine", "list")) == 0
     assert "no engines in" in capsys.readouterr().err
+
+
+def test_bigger_profiles_than_the_8_gb_default_are_a_build_option() -> None:
+    args = engine_cli("engine", "build", "--model", "m", "--max-size", "1024", "--max-batch", "4")
+    built = commands.profile_from_args(args)
+    assert (built.max_size, built.max_batch, built.opt_size) == (1024, 4, 576)
+    assert built.describe() == "320..1024 px per side, batch 1..4"
 
 
 def test_profile_from_args_moves_the_default_opt_size_into_range() -> None:

@@ -14,8 +14,8 @@ from typing import Any, TextIO
 from sdxs_rt.graphs import SizeProfile
 
 ENGINE_EXAMPLES = """examples:
-  sdxs-rt engine build --model sdxs-onnx                  # fp16, 320..1024 px per side, batch 1..4
-  sdxs-rt engine build --model sdxs-onnx --max-size 768 --max-batch 2
+  sdxs-rt engine build --model sdxs-onnx                  # fp16, 320..768 px per side, batch 1
+  sdxs-rt engine build --model sdxs-onnx --max-size 1024 --max-batch 4   # about 15 GB (estimate)
   sdxs-rt engine list --json
   sdxs-rt engine clear --model-hash 1a2b3c                # a model's engines; no hash: all
 """
@@ -51,7 +51,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-batch",
         type=int,
         default=sizes.max_batch,
-        help=f"largest batch (default {sizes.max_batch})",
+        help=f"largest batch of images (default {sizes.max_batch}, which fits 8 GB cards; the "
+        "U-Net's is twice that, for guidance)",
     )
     parser.add_argument(
         "--precision", choices=PRECISION_CHOICES, default="fp16", help="default fp16"
