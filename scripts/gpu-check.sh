@@ -13,7 +13,7 @@
 # Exit: 0 passed; 1 a test, check or bench path failed; 3 something is not in place; 4 no CUDA.
 # Writes gpu-check.log, gpu_check.json, bench-full.json, pytest-gpu.log to $OUT (./gpu-results).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 3
 OUT=${OUT:-gpu-results}
 mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1

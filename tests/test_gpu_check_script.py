@@ -23,33 +23,54 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
 
-def _script(name: str, env: dict[str, str], *args: str, timeout: float = 240.0):
+def _script(tree: Path, name: str, env: dict[str, str], *args: str, timeout: float = 240.0):
     return subprocess.run(
-        ["bash", str(SCRIPTS / name), *args],
+        ["bash", str(tree / "scripts" / name), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=tree,
         env={**os.environ, "PYTHON": sys.executable, **env},
     )
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sdxs-rt wheel of this tree, built by the prepare script (offline: no diffusers)."""
-    folder = tmp_path_factory.mktemp("wheelhouse") / "wheels"
-    done = _script("prepare-wheelhouse.sh", {}, "--offline", str(folder), timeout=180)
+def snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the files the device receives (tracked + untracked-not-ignored), as a fresh git
+    folder: the wheel and the tree it is checked against cannot drift while others edit REPO."""
+    if shutil.which("git") is None:
+        pytest.skip("needs git to list the tree's files")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "-c", "-o", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+    ).stdout.decode()
+    tree = tmp_path_factory.mktemp("snapshot") / "repo"
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, tree / name)
+    subprocess.run(["git", "init", "-q"], check=True, cwd=tree)
+    return tree
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(snapshot: Path) -> Path:
+    """The sdxs-rt wheel of the snapshot, built by its prepare script (offline: no diffusers)."""
+    folder = snapshot.parent / "wheels"
+    done = _script(snapshot, "prepare-wheelhouse.sh", {}, "--offline", str(folder), timeout=180)
     assert done.returncode == 0, done.stderr
     return folder
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run needs a machine without CUDA")
 def test_without_cuda_the_script_checks_everything_else_then_exits_4(
-    wheelhouse: Path, tmp_path: Path
+    snapshot: Path, wheelhouse: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     env = {"OUT": str(out), "SDXS_RT_WHEELHOUSE": str(wheelhouse)}
-    done = _script("gpu-check.sh", {**env, "SDXS_RT_SITE": str(tmp_path / "site")})
+    done = _script(snapshot, "gpu-check.sh", {**env, "SDXS_RT_SITE": str(tmp_path / "site")})
     assert done.returncode == 4, done.stdout + done.stderr
     assert "installed sdxs_rt-0.1.0-py3-none-any.whl" in done.stdout
     assert "diffusers: already on this machine" in done.stdout  # here; the GPU machine installs it
@@ -68,7 +89,7 @@ def test_without_cuda_the_script_checks_everything_else_then_exits_4(
 def test_without_the_sdxs_rt_wheel_the_script_stops_at_once(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     env = {"OUT": str(tmp_path / "out"), "SDXS_RT_WHEELHOUSE": str(tmp_path / "empty")}
-    done = _script("gpu-check.sh", env, timeout=60)
+    done = _script(REPO, "gpu-check.sh", env, timeout=60)
     assert done.returncode == 3
     assert "run scripts/prepare-wheelhouse.sh first" in done.stdout
 
