@@ -47,7 +47,11 @@ PROJECTION_NAMES = ("text_projector", "text_projection")
 VISION_PREFIX = "vision_model."
 CONTRASTIVE_HEAD = ("logit_scale", "logit_bias")  # SigLIP's loss parameters: unused here
 TOWER_PARTS = ("embeddings.", "encoder.")
-TOWER_UNUSED = ("pooler.", "embeddings.position_ids")  # XLM-R's pooler; a legacy buffer
+TOWER_UNUSED = (
+    "pooler.",
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+)  # pooler; buffers
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.")
 # What every XLM-R layer holds (weight and bias each): checked in the header, so a damaged
 # file is named before anything loads.

@@ -149,6 +149,26 @@ def test_the_config_dtype_is_not_trusted(remote_files: TextEncoderFiles) -> None
     assert {p.dtype for p in encoder.tower.parameters()} == {torch.float32}
 
 
+def test_a_pooler_and_legacy_buffers_are_left_aside(
+    remote_files: TextEncoderFiles, native: NativeTextEncoder, tmp_path: Path
+) -> None:
+    """Saved by some transformers versions: XLM-R's pooler and its position/type-id buffers."""
+
+    def with_extras(tensors: dict) -> dict:
+        return {
+            **tensors,
+            "text_model.pooler.dense.weight": torch.ones(128, 128),
+            "text_model.pooler.dense.bias": torch.ones(128),
+            "text_model.embeddings.position_ids": torch.arange(514)[None],
+            "text_model.embeddings.token_type_ids": torch.zeros(1, 514, dtype=torch.long),
+        }
+
+    files = _edited_copy(remote_files, tmp_path, edit_tensors=with_extras)
+    assert files.native_layout().unused["text_model.pooler"] == 2
+    vectors = NativeTextEncoder.load(files, "cpu", torch.float32)(PROMPTS)
+    assert (vectors - native(PROMPTS)).abs().max() <= TOLERANCE
+
+
 def test_an_unknown_tensor_is_refused_by_name(
     remote_files: TextEncoderFiles, tmp_path: Path
 ) -> None:
