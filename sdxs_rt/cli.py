@@ -174,6 +174,13 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         help="torch: keep the text encoder on the CPU except while encoding a new prompt",
     )
     p.add_argument(
+        "--low-vram",
+        action="store_true",
+        help="torch: for small cards (about 6 GB at 576x576 in fp16, estimated): the U-Net stays "
+        "on the GPU, the text encoder and VAE wait on the CPU between uses, the VAE decodes in "
+        "256-px tiles",
+    )
+    p.add_argument(
         "--preview-every",
         type=int,
         default=0,

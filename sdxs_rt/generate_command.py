@@ -67,9 +67,9 @@ def check_preview_args(args: argparse.Namespace) -> None:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The torch GPU fast-path flags as the torch backend's `fast` option, and --lora as its
-    `loras` option (else none)."""
-    options = lora_options(args)
+    """The torch GPU fast-path flags as the torch backend's `fast` option, --lora as its
+    `loras` option and --low-vram as its `low_vram` option (else none)."""
+    options = {**lora_options(args), **low_vram_options(args)}
     wanted = args.cuda_graphs or args.compile or args.channels_last or args.offload_text_encoder
     if not wanted:
         return options
@@ -87,6 +87,17 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
         offload_text_encoder=args.offload_text_encoder,
     )
     return {**options, "fast": fast}
+
+
+def low_vram_options(args: argparse.Namespace) -> dict[str, Any]:
+    if not getattr(args, "low_vram", False):
+        return {}
+    if args.backend != "torch":
+        raise UsageError(
+            "--low-vram applies to --backend torch only; TensorRT engines size their memory "
+            "by their profile ('sdxs-rt engine build --max-size/--max-batch')"
+        )
+    return {"low_vram": True}
 
 
 def lora_options(args: argparse.Namespace) -> dict[str, Any]:

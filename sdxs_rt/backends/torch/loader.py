@@ -15,6 +15,7 @@ from sdxs_rt.backends.torch.fast import (
     use_channels_last,
 )
 from sdxs_rt.backends.torch.lora import LoraSpec, parse_lora_spec
+from sdxs_rt.backends.torch.low_vram import MemoryLayout, ParkedVAEDecoder
 from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.unet import TorchUNet
@@ -50,13 +51,17 @@ def load_components(
     trust_remote_code: bool = False,
     fast: FastPathOptions | None = None,
     loras: Sequence[LoraSpec | str] = (),
+    low_vram: bool = False,
 ) -> Components:
     """`fast`: the GPU fast path (see `fast.FastPathOptions`); None reads the SDXS_RT_CUDA_GRAPHS,
     SDXS_RT_COMPILE, SDXS_RT_CHANNELS_LAST and SDXS_RT_OFFLOAD_TEXT_ENCODER variables, and
     without any of them set loads the plain eager model. `loras`: LoRA files (`LoraSpec`s or
     "FILE:SCALE" strings) merged into the U-Net weights at load time. `revision`: the hub
-    branch, tag or commit of `model` (the text encoder's own repo is not pinned by it)."""
+    branch, tag or commit of `model` (the text encoder's own repo is not pinned by it).
+    `low_vram`: the small-card mode of `low_vram.py` (text encoder and VAE parked on the CPU
+    between uses, VAE decoded in tiles; the U-Net stays on the GPU)."""
     fast = fast if fast is not None else FastPathOptions.from_env()
+    layout = MemoryLayout.choose(fast, low_vram)
     lora_specs = [parse_lora_spec(spec) for spec in loras]
     files = resolve_model(model, variant, revision)
     encoder_files = resolve_text_encoder(text_encoder, files)
@@ -65,7 +70,7 @@ def load_components(
     dtype = resolve_dtype(precision, torch_device)
     try:
         encoder, unet, vae = _load_models(
-            files, encoder_files, torch_device, dtype, trust_remote_code, fast, lora_specs
+            files, encoder_files, torch_device, dtype, trust_remote_code, layout, lora_specs
         )
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(
@@ -88,6 +93,8 @@ def load_components(
         info["loras"] = unet.lora_info
     if fast is not None:
         info["fast_path"] = fast.info(torch_device)
+    if low_vram:
+        info["low_vram"] = layout.low_vram_info(torch_device)
     return Components(
         text_encoder=Float32Embeddings(encoder, torch_device),
         unet=accelerate_unet(unet, fast) if fast is not None else unet,
@@ -113,23 +120,29 @@ def _load_models(
     device: torch.device,
     dtype: torch.dtype,
     trust_remote_code: bool,
-    fast: FastPathOptions | None,
+    layout: MemoryLayout,
     loras: Sequence[LoraSpec],
-) -> tuple[Any, TorchUNet, TorchVAEDecoder]:
+) -> tuple[Any, TorchUNet, TorchVAEDecoder | ParkedVAEDecoder]:
     """(text encoder, U-Net, VAE decoder). With the offload on, the encoder is loaded first and
     parked on the CPU at once, so it never shares the GPU with the U-Net at load time."""
     encoder: Any = None
-    if fast is not None and fast.offload_text_encoder:
+    if layout.offload_text_encoder:
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
         encoder = OffloadedTextEncoder(encoder, device)
     unet = TorchUNet.load(
         files.unet_dir, files.unet_weights, device, dtype, config=files.unet_config, loras=loras
     )
     vae = TorchVAEDecoder.load(
-        files.vae_dir, files.vae_weights, device, dtype, config=files.vae_config
+        files.vae_dir,
+        files.vae_weights,
+        device,
+        dtype,
+        tiled=layout.vae_tiled,
+        config=files.vae_config,
+        tile_size=layout.vae_tile_size,
     )
-    if fast is not None and fast.channels_last:
+    if layout.channels_last:
         use_channels_last(vae.vae)
     if encoder is None:
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
-    return encoder, unet, vae
+    return encoder, unet, ParkedVAEDecoder(vae) if layout.park_vae else vae

@@ -32,14 +32,19 @@ class TorchVAEDecoder:
 
     `tiled`: None decodes whole images and falls back to tiles on out-of-memory; True always
     decodes in tiles; False never does (out-of-memory is then an error at once).
+    `tile_size`: the tiles' side in pixels (None: diffusers' default, the config's sample_size).
     """
 
-    def __init__(self, vae: AutoencoderKL, *, tiled: bool | None = None) -> None:
+    def __init__(
+        self, vae: AutoencoderKL, *, tiled: bool | None = None, tile_size: int | None = None
+    ) -> None:
         self.vae = vae
         self.device = vae.device
         self.tiled = tiled
         self.used_tiling = False  # whether the last decode went tile by tile
         self.upcast = False  # whether NaN/inf made us switch the VAE to float32
+        if tile_size is not None:
+            self._set_tile_size(tile_size)
 
     @classmethod
     def load(
@@ -50,15 +55,30 @@ class TorchVAEDecoder:
         dtype: torch.dtype,
         tiled: bool | None = None,
         config: dict[str, Any] | None = None,
+        tile_size: int | None = None,
     ) -> TorchVAEDecoder:
         """`config`: the already-read config.json (read from `vae_dir` when None)."""
         config = config or read_config(Path(vae_dir) / "config.json")
         vae = load_diffusers_module(AutoencoderKL, config, Path(weights), device, dtype)
-        return cls(vae, tiled=tiled)
+        return cls(vae, tiled=tiled, tile_size=tile_size)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
+
+    @property
+    def tile_size(self) -> int:
+        """The side in pixels of the tiles a tiled decode uses."""
+        return int(self.vae.tile_sample_min_size)
+
+    def _set_tile_size(self, pixels: int) -> None:
+        # diffusers' tiled_decode reads both: the latent tile is the pixel tile over the VAE's
+        # downscaling factor (8 for SDXS)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if pixels < factor or pixels % factor:
+            raise ValueError(f"VAE tiles must be a multiple of {factor} px, not {pixels}")
+        self.vae.tile_sample_min_size = pixels
+        self.vae.tile_latent_min_size = pixels // factor
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -92,7 +112,7 @@ class TorchVAEDecoder:
                 raise OutOfMemoryError(_oom_message(z, "tiled decoding is turned off")) from err
             logger.warning("the VAE ran out of memory on %s; retrying tile by tile", tuple(z.shape))
         # retry outside the except block, so the failed attempt's frames and tensors are freed
-        _release_cached_memory(self.device)
+        release_cached_memory(self.device)
         try:
             return self._decode_tiles(z)
         except RuntimeError as err:
@@ -121,7 +141,8 @@ def _oom_message(z: torch.Tensor, how: str) -> str:
     )
 
 
-def _release_cached_memory(device: torch.device) -> None:
+def release_cached_memory(device: torch.device) -> None:
+    """The caching allocator's free blocks back to the driver (CUDA only; elsewhere nothing)."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
