@@ -189,6 +189,7 @@ class ModelState(StateObject):
         "backend": "torch",
         "precision": "fp32",
         "device": "cpu",
+        "low_vram": False,  # PyTorch: the small-card mode (Pipeline backend option low_vram)
         "engine_sizes": "",  # TensorRT: the sizes the engines cover, shown before Generate
     }
     model_changed = Signal(str)
@@ -203,17 +204,21 @@ class ModelState(StateObject):
     precision = state_property("precision", str, precision_changed)
     device_changed = Signal(str)
     device = state_property("device", str, device_changed)
+    low_vram_changed = Signal(bool)
+    low_vram = state_property("low_vram", bool, low_vram_changed)
     engine_sizes_changed = Signal(str)
     engine_sizes = state_property("engine_sizes", str, engine_sizes_changed)
 
-    def key(self) -> tuple[str, ...]:
-        """What identifies a loaded pipeline: a change means loading again."""
+    def key(self) -> tuple[str | bool, ...]:
+        """What identifies a loaded pipeline (`worker.LoadRequest`'s fields, in order): a change
+        means loading again."""
         return (
             self.model,
             self.text_encoder,
             self.backend,
             self.precision,
             self.device,
+            self.low_vram,
             self.revision,
         )
 

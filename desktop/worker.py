@@ -46,6 +46,7 @@ class LoadRequest:
     backend: str = "torch"
     precision: str = ""
     device: str = ""
+    low_vram: bool = False  # the PyTorch backend's small-card mode; the others ignore it here
     revision: str = ""  # a hub branch, tag or commit of `model`
 
     def load(self) -> Pipeline:
@@ -56,7 +57,12 @@ class LoadRequest:
             device=self.device or None,
             dtype=self.precision or None,
             revision=self.revision.strip() or None,
+            backend_options=self.backend_options(),
         )
+
+    def backend_options(self) -> dict[str, Any]:
+        # the box is shown for PyTorch only, but stays ticked when another backend is chosen
+        return {"low_vram": True} if self.low_vram and self.backend == "torch" else {}
 
 
 @dataclass(frozen=True)

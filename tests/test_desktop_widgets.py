@@ -247,6 +247,22 @@ def test_backend_precision_device_sync_both_ways(window: MainWindow) -> None:
     assert (model.backend, model.precision, model.device) == ("torch", "bf16", "cuda:1")
 
 
+def test_low_vram_box_is_a_pytorch_option_that_reaches_the_load_request(
+    window: MainWindow,
+) -> None:
+    from sdxs_rt_desktop.controller import load_request
+
+    panel, model = window.model_panel, window.states.model
+    model.backend = "torch"
+    assert not panel.low_vram_box.isHidden() and not panel.low_vram_box.isChecked()
+    assert load_request(model).backend_options() == {}
+    panel.low_vram_box.setChecked(True)
+    assert model.low_vram and load_request(model).low_vram  # a change means loading again
+    assert load_request(model).backend_options() == {"low_vram": True}
+    model.backend = "onnx"
+    assert panel.low_vram_box.isHidden() and load_request(model).backend_options() == {}
+
+
 def test_tensorrt_engine_sizes_shown(window: MainWindow) -> None:
     panel, model = window.model_panel, window.states.model
     assert panel.engine_row.isHidden()  # torch: no engines to speak of
