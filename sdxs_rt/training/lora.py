@@ -77,11 +77,15 @@ def add_lora_adapter(
         param.requires_grad_("lora_" in name)
 
 
-def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """The adapter's tensors under diffusers' key names (`unet.<module>.lora_A.weight`)."""
+def lora_state_dict(
+    unet: UNet2DConditionModel, full_state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under diffusers' key names (`unet.<module>.lora_A.weight`), from
+    `full_state` (the whole model's state dict, e.g. gathered from FSDP shards) when given,
+    else from the module itself."""
     from peft.utils import get_peft_model_state_dict
 
-    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    state = get_peft_model_state_dict(unet, full_state, adapter_name=ADAPTER_NAME)
     return {PREFIX + key: t.detach().to("cpu").contiguous() for key, t in state.items()}
 
 
@@ -98,13 +102,17 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_lora(
-    unet: UNet2DConditionModel, path: Path, metadata: dict[str, str] | None = None
+    unet: UNet2DConditionModel,
+    path: Path,
+    metadata: dict[str, str] | None = None,
+    full_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter to ONE safetensors file, atomically; `metadata`: extra header strings
-    (e.g. training settings), never overriding the two keys diffusers reads."""
+    (e.g. training settings), never overriding the two keys diffusers reads; `full_state`: as
+    in `lora_state_dict`."""
     path = Path(path)
     header = {**(metadata or {}), **adapter_metadata(unet)}
-    save_safetensors_atomic(lora_state_dict(unet), path, header)
+    save_safetensors_atomic(lora_state_dict(unet, full_state), path, header)
     return path
 
 

@@ -29,7 +29,7 @@ from sdxs_rt.training.buckets import Bucket, assign_buckets, bucket_batches, mak
 from sdxs_rt.training.cache import CacheRequest, TrainingCache, build_cache
 from sdxs_rt.training.config import TrainConfig
 from sdxs_rt.training.objective import NoiseSchedule, drop_captions, min_snr_weights, weighted_mse
-from sdxs_rt.training.optim import EMA, make_lr_scheduler, make_optimizer
+from sdxs_rt.training.optim import EMA, averaged_weights, make_lr_scheduler, make_optimizer
 from sdxs_rt.training.sources import load_sources
 from sdxs_rt.training.validation import Validator
 
@@ -268,11 +268,23 @@ def after_step(run: Run, step: int, validator: Validator, saved: list[Path]) -> 
         saved.append(path)
         run.emit(TrainEvent("checkpoint", step, {"path": path}))
     if config.validation_every and step % config.validation_every == 0:
+        validate(run, validator, step)
+
+
+def validate(run: Run, validator: Validator, step: int) -> None:
+    """Every process takes part in gathering the weights; the main one generates from them.
+
+    Why not the main process alone: under FSDP it holds only shards (see validation.py).
+    """
+    accelerator = run.accelerator
+    # Generate inside the block: under DDP the "gathered" state is the live, swapped-in weights.
+    with averaged_weights(run.ema):  # every process swaps in the average of what it holds
+        state = accelerator.get_state_dict(run.unet)  # collective; whole only on the main one
         if accelerator.is_main_process:
-            tracker = _tensorboard(config, accelerator)
-            paths = validator.run(accelerator.unwrap_model(run.unet), step, run.ema, tracker)
+            tracker = _tensorboard(run.config, accelerator)
+            paths = validator.run(state, step, tracker)
             run.emit(TrainEvent("validation", step, {"paths": paths}))
-        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
 
 
 def _tensorboard(config: TrainConfig, accelerator: Any) -> Any:
@@ -328,9 +340,7 @@ def _train(
     run = make_run(config, files, accelerator, emit)
     start = 0
     if config.resume is not None:
-        start = checkpoints.load_checkpoint(
-            accelerator, checkpoints.find_checkpoint(output, config.resume), run.ema
-        )
+        start = checkpoints.resume_checkpoint(accelerator, output, config.resume, run.ema)
     validator = Validator(config, files, run.data.cache, accelerator.device)
     losses, saved = train_loop(run, start, validator)
     model_dir, lora_path = save_outputs(run, files, config.max_steps)
@@ -344,20 +354,23 @@ def _train(
 
 
 def save_outputs(run: Run, files: ModelFiles, step: int) -> tuple[Path | None, Path | None]:
-    """The trained weights (EMA ones when on) as a model folder or a LoRA file."""
+    """The trained weights (EMA ones when on) as a model folder or a LoRA file.
+
+    Every process calls this: under FSDP each holds shards only, so the weights to save come
+    from the collective `get_state_dict` (whole on the main process), never from the module.
+    """
     accelerator, config = run.accelerator, run.config
     output = Path(config.output_dir)
     accelerator.wait_for_everyone()
     if run.ema is not None:
-        run.ema.copy_to_model()
-    unet = accelerator.unwrap_model(run.unet)
+        run.ema.copy_to_model()  # every process: the average of the part it holds
+    state = accelerator.get_state_dict(run.unet)  # collective: every process calls it
+    unet = accelerator.unwrap_model(run.unet)  # its config and LoRA settings, not its weights
     model_dir = lora_path = None
-    if config.mode == "full":
-        state = accelerator.get_state_dict(run.unet)  # gathers FSDP shards
-        if accelerator.is_main_process:
-            model_dir = outputs.save_full_model(files, unet, state, output)
+    if accelerator.is_main_process and config.mode == "full":
+        model_dir = outputs.save_full_model(files, unet, state, output)
     elif accelerator.is_main_process:
-        lora_path, model_dir = outputs.save_lora_outputs(config, files, unet, output, step)
+        lora_path, model_dir = outputs.save_lora_outputs(config, files, unet, state, output, step)
     accelerator.wait_for_everyone()
     return model_dir, lora_path
 

@@ -1,8 +1,18 @@
 """Validation images during training, through the runtime's own Pipeline.
 
-The pipeline gets torch-backend components built around the U-Net being trained (unwrapped,
-not folded: folding would rewrite the trained module), the cached text embeddings in place of
-the text encoder (it was released after caching), and the model's VAE decoder.
+The pipeline gets torch-backend components built around a plain U-Net holding the trained
+weights, the cached text embeddings in place of the text encoder (it was released after
+caching), and the model's VAE decoder.
+
+Under FSDP no process holds the whole U-Net, and every forward of the sharded one all-gathers
+with the other processes: a forward on the main process alone waits forever. The trainer
+therefore gathers the full state dict collectively (every process calls
+`accelerator.get_state_dict`, the same gather that saving uses), and the main process alone
+generates from an unsharded copy built from it while the others wait at a barrier. The other
+way, sampling on every process through the sharded module, would decode the same images on
+every process and run the wrapped module under inference mode and outside the training step,
+which FSDP does not promise to support. Under DDP or on one device the "gathered" state dict
+is the live weights themselves, so the copy shares their storage and costs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import UNet2DConditionModel
 
 from sdxs_rt.backends.torch.ops import TorchOps
 from sdxs_rt.backends.torch.unet import TorchUNet
@@ -22,7 +33,6 @@ from sdxs_rt.loading import ModelFiles
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.training.cache import TrainingCache
 from sdxs_rt.training.config import TrainConfig
-from sdxs_rt.training.optim import EMA
 
 
 class CachedTextEncoder:
@@ -67,23 +77,15 @@ class Validator:
             info={"backend": "torch", "model": files.name, "training": True},
         )
 
-    def run(self, unet: torch.nn.Module, step: int, ema: EMA | None, tracker: Any) -> list[Path]:
-        """Generate one image per prompt (EMA weights when on), save PNGs, log them."""
+    def run(self, state: dict[str, torch.Tensor], step: int, tracker: Any) -> list[Path]:
+        """Generate one image per prompt from the U-Net weights in `state` (the full state dict,
+        EMA weights when on), save the PNGs, log them. The main process only."""
         folder = Path(self.config.output_dir) / "validation" / f"step-{step:06d}"
         folder.mkdir(parents=True, exist_ok=True)
-        was_training = unet.training
-        unet.eval()
-        if ema is not None:
-            ema.swap_in()
-        try:
-            pipe = Pipeline(self._components(unet))
-            paths = [self._one(pipe, folder, index, prompt, tracker, step)
-                     for index, prompt in enumerate(self.config.validation_prompts)]  # fmt: skip
-        finally:
-            if ema is not None:
-                ema.swap_out()
-            unet.train(was_training)
-        return paths
+        unet = validation_unet(self.config, self.files, state).to(self.device)
+        pipe = Pipeline(self._components(unet))
+        return [self._one(pipe, folder, index, prompt, tracker, step)
+                for index, prompt in enumerate(self.config.validation_prompts)]  # fmt: skip
 
     def _one(
         self, pipe: Pipeline, folder: Path, index: int, prompt: str, tracker: Any, step: int
@@ -103,3 +105,22 @@ class Validator:
             image = np.asarray(result.images[0])
             tracker.log_images({f"validation/{index:02d}": image}, step=step, dataformats="HWC")
         return path
+
+
+def validation_unet(
+    config: TrainConfig, files: ModelFiles, state: dict[str, torch.Tensor]
+) -> torch.nn.Module:
+    """A plain U-Net (with the LoRA adapter in LoRA mode) holding `state`, in eval mode.
+
+    Built on the meta device and filled with `assign`: no memory goes to weights about to be
+    replaced, and `state`'s tensors are used as they are (no copy). `strict` makes any key
+    the gather missed an error instead of a silently random layer.
+    """
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(files.unet_config)
+        if config.mode == "lora":
+            from sdxs_rt.training.lora import add_lora_adapter
+
+            add_lora_adapter(unet, config.lora_rank, config.lora_alpha)
+    unet.load_state_dict(state, strict=True, assign=True)
+    return unet.eval().requires_grad_(False)
