@@ -2,8 +2,10 @@
 
 On CPU: torch.compile and channels-last give the eager output; the CUDA-graph wrapper's logic
 (capture once per shape, replay into the same static buffers, re-capture on a new shape) runs
-with an injected capture function; the text-encoder offload moves weights as it should; the
-whole pipeline with every option on gives the same image. The `gpu` tests run the real thing.
+with an injected capture that records the ATen operations and replays only them, on the
+captured tensors (`RecordedGraph`: a stale static buffer shows as a stale output); the
+text-encoder offload moves weights as it should; the whole pipeline with every option on
+gives the same image. The `gpu` tests run the real thing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from torch import nn  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten, tree_unflatten  # noqa: E402
 
 from sdxs_rt.backends.torch.fast import (  # noqa: E402
     ENV_CHANNELS_LAST,
@@ -28,6 +32,7 @@ from sdxs_rt.backends.torch.fast import (  # noqa: E402
     CudaGraphUNet,
     FastPathOptions,
     OffloadedTextEncoder,
+    StaticStep,
     accelerate_unet,
     channels_last_unet,
     compile_unet,
@@ -109,29 +114,78 @@ def test_timestep_tensor_is_a_0d_float32_device_tensor(tiny_model: Path) -> None
 # --- CUDA graphs, with an injected capture ------------------------------------------------------
 
 
-class FakeGraph:
-    """Stands in for torch.cuda.CUDAGraph: replay re-runs the recorded function into the
-    static output, as a real replay re-runs the recorded kernels on the same buffers."""
+class Slot:
+    """Output `position` of recorded operation `op`: a tensor made during capture."""
 
-    def __init__(self, fn: Callable[[], Any], output: Any) -> None:
-        self.fn = fn
-        self.output = output
+    def __init__(self, op: int, position: int) -> None:
+        self.op, self.position = op, position
+
+
+class OperationRecorder(TorchDispatchMode):
+    """Records every ATen operation run inside it, each input either a Slot (made during the
+    recording) or the very tensor object it read (a static buffer, a weight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[Any, list[Any], Any]] = []
+        self.slots: dict[int, Slot] = {}
+        self.made: list[Any] = []  # alive until the end, so no id() is reused
+
+    def ref(self, value: Any) -> Any:
+        return self.slots.get(id(value), value) if isinstance(value, torch.Tensor) else value
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        flat, spec = tree_flatten((args, kwargs or {}))
+        self.ops.append((func, [self.ref(v) for v in flat], spec))
+        for position, value in enumerate(tree_flatten(out)[0]):
+            if isinstance(value, torch.Tensor) and id(value) not in self.slots:
+                self.slots[id(value)] = Slot(len(self.ops) - 1, position)
+                self.made.append(value)
+        return out
+
+
+class RecordedGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU, with its semantics.
+
+    Capture records the tensor operations `fn` runs, bound to the tensors they read (as a
+    graph records kernels bound to addresses); replay re-runs only those operations, on the
+    current contents of the same tensors, into the same output tensor. The Python that ran
+    during capture is not run again: whatever it decided (a cache hit, a branch, a value read
+    to the host) stays frozen. So a replay sees new inputs only when they were copied into the
+    captured buffers; fed any other way, it returns what the capture computed.
+    """
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        recorder = OperationRecorder()
+        with recorder:
+            self.output = fn()
+        self.ops, self.result = recorder.ops, recorder.ref(self.output)
+        assert isinstance(self.result, Slot), "the captured function must compute its output"
         self.replays = 0
 
     def replay(self) -> None:
         self.replays += 1
-        self.output.copy_(self.fn())
+        made: list[list[Any]] = []
+        for func, refs, spec in self.ops:
+            flat = [made[r.op][r.position] if isinstance(r, Slot) else r for r in refs]
+            args, kwargs = tree_unflatten(flat, spec)
+            made.append(tree_flatten(func(*args, **kwargs))[0])
+        self.output.copy_(made[self.result.op][self.result.position])
 
 
-class FakeCapture:
+class RecordingCapture:
+    """`GraphCapture` for CudaGraphUNet: warms `fn` up once (as capture_cuda_graph does, so
+    anything cached during warm-up would be frozen into the graph), then records it."""
+
     def __init__(self) -> None:
-        self.graphs: list[FakeGraph] = []
+        self.graphs: list[RecordedGraph] = []
 
-    def __call__(self, fn: Callable[[], Any]) -> tuple[FakeGraph, Any]:
-        output = fn()
-        graph = FakeGraph(fn, output)
+    def __call__(self, fn: Callable[[], Any]) -> tuple[RecordedGraph, Any]:
+        fn()
+        graph = RecordedGraph(fn)
         self.graphs.append(graph)
-        return graph, output
+        return graph, graph.output
 
 
 def buffer_pointers(step: Any) -> list[int]:
@@ -140,7 +194,7 @@ def buffer_pointers(step: Any) -> list[int]:
 
 def test_cuda_graph_unet_captures_once_per_shape_and_replays_in_place(tiny_model: Path) -> None:
     eager = load_unet(tiny_model)
-    capture = FakeCapture()
+    capture = RecordingCapture()
     graphed = CudaGraphUNet(eager, capture=capture)
     sample, context = inputs()
     first = graphed(sample, 900.0, context)
@@ -158,9 +212,57 @@ def test_cuda_graph_unet_captures_once_per_shape_and_replays_in_place(tiny_model
     assert not torch.equal(first, out)
 
 
+def check_fresh_inputs_reach_every_replay(tiny_model: Path) -> None:
+    """After the capture, two different inputs give two different outputs, each the eager one."""
+    eager = load_unet(tiny_model)
+    graphed = CudaGraphUNet(eager, capture=RecordingCapture())
+    sample, context = inputs(seed=10)
+    captured = graphed(sample, 900.0, context)
+    outputs = []
+    for t_value, seed in ((500.0, 11), (20.0, 12)):
+        sample, context = inputs(seed=seed)
+        outputs.append(graphed(sample, t_value, context))
+        assert_close(outputs[-1], eager(sample, t_value, context))
+    assert not torch.equal(outputs[0], outputs[1]) and not torch.equal(outputs[0], captured)
+
+
+def test_fresh_inputs_reach_every_replay(tiny_model: Path) -> None:
+    check_fresh_inputs_reach_every_replay(tiny_model)
+
+
+def test_a_step_that_fills_new_tensors_instead_of_its_buffers_is_caught(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def rebinding_load(step: StaticStep, sample: Any, timestep: Any, context: Any) -> None:
+        # the broken variant: fresh tensors, which the captured graph never reads
+        step.sample = sample.to(step.sample.dtype).clone()
+        step.timestep = torch.full((), float(timestep))
+        step.context = context.to(step.context.dtype).clone()
+
+    monkeypatch.setattr(StaticStep, "load", rebinding_load)
+    with pytest.raises(AssertionError):
+        check_fresh_inputs_reach_every_replay(tiny_model)
+
+
+def test_what_python_read_during_capture_stays_frozen(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stand-in's own fidelity: a step that reads the timestep to the host bakes the capture's
+    # value into a real graph; RecordedGraph replays that value too, where re-running the
+    # Python (as a plain fake would) would quietly follow the new timesteps.
+    real_run = TorchUNet.run
+
+    def host_timestep(unet: TorchUNet, x: Any, t: Any, context: Any) -> Any:
+        return real_run(unet, x, torch.full((), t.item()), context)
+
+    monkeypatch.setattr(TorchUNet, "run", host_timestep)
+    with pytest.raises(AssertionError):
+        check_fresh_inputs_reach_every_replay(tiny_model)
+
+
 def test_cuda_graph_unet_recaptures_for_a_new_shape(tiny_model: Path) -> None:
     eager = load_unet(tiny_model)
-    capture = FakeCapture()
+    capture = RecordingCapture()
     graphed = CudaGraphUNet(eager, capture=capture)
     small, small_context = inputs(batch=1, side=8)
     batch, batch_context = inputs(batch=2, side=16, seed=3)
@@ -178,7 +280,7 @@ def test_a_new_context_in_the_same_buffer_is_not_served_from_the_fold_cache(
 ) -> None:
     # a captured graph must compute the folded cross-attention from its static context buffer
     eager = load_unet(tiny_model)
-    graphed = CudaGraphUNet(eager, capture=FakeCapture())
+    graphed = CudaGraphUNet(eager, capture=RecordingCapture())
     sample, context_a = inputs(seed=4)
     _, context_b = inputs(seed=5)
     graphed(sample, 400.0, context_a)
@@ -317,7 +419,7 @@ def test_pipeline_image_is_the_same_with_the_fast_path(tiny_model: Path) -> None
 def test_pipeline_image_is_the_same_through_graph_replays(tiny_model: Path) -> None:
     components = load_components(str(tiny_model))
     reference = generate(components, steps=4)
-    capture = FakeCapture()
+    capture = RecordingCapture()
     components.unet = CudaGraphUNet(components.unet, capture=capture)  # type: ignore[arg-type]
     assert np.abs(generate(components, steps=4) - reference).max() <= 1
     assert len(capture.graphs) == 1 and capture.graphs[0].replays == 4
