@@ -19,8 +19,11 @@ def test_packaged_default_is_the_trained_demo_at_64_px() -> None:
     files = resolve_model(None)
     assert files.root == default_model_path()
     assert native_image_size(files) == (64, 64)
-    recipe = json.loads((files.root / "recipe.json").read_text())
-    assert recipe["seen_accuracy"] >= 0.8 and recipe["held_out_accuracy"] >= 0.5
+    # the recipe ships with its figures; the accuracy itself is measured, not read from them,
+    # in test_colour_accuracy_on_seen_and_held_out_combinations
+    assert {"seen_accuracy", "held_out_accuracy"} <= set(
+        json.loads((files.root / "recipe.json").read_text())
+    )
     total = sum(p.stat().st_size for p in files.root.rglob("*") if p.is_file())
     assert total < 25_000_000
 
