@@ -16,6 +16,7 @@ import pytest
 from sdxs_rt.cli import main
 from sdxs_rt.loading import read_json_config
 from sdxs_rt.model_report_text import OK_LINE
+from tests.published_layout import fake_hub_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,23 +190,12 @@ def test_a_revision_for_a_local_folder_is_a_usage_error(
     assert code == 2 and out == "" and "hub repo ids only" in err
 
 
-def _hub_configs_only(model: Path, cache: Path, repo_id: str) -> Path:
-    """A hub cache holding a repo's configs and tokenizer, none of its weights (what the
-    configs-only fetch of `check` leaves), as huggingface_hub lays it out."""
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / sha
-    shutil.copytree(model, snapshot, ignore=shutil.ignore_patterns("*.safetensors"))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    return snapshot
-
-
 @pytest.fixture
 def hub_without_weights(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return _hub_configs_only(tiny_model, tmp_path / "hub", "org/sdxs-like")
+    # the configs-only fetch of `check` leaves configs and tokenizer, none of the weights
+    return fake_hub_cache(tmp_path / "hub", "org/sdxs-like", tiny_model, ignore=("*.safetensors",))
 
 
 def test_a_hub_model_is_judged_by_its_remote_headers(

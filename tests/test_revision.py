@@ -4,7 +4,6 @@ and in `sdxs-rt info`; a revision that is missing, or given for a local folder, 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,11 @@ from sdxs_rt.cli import main
 from sdxs_rt.errors import UsageError
 from sdxs_rt.hub import check_revision
 from sdxs_rt.metadata import read_metadata
+from tests.published_layout import fake_hub_cache
 
 REPO = "org/tiny-sdxs"
 SHA = "89abcdef0123456789abcdef0123456789abcdef"
 FAST = ["--size", "64x64", "--steps", "2", "--seed", "1"]
-
-
-def fake_hub_cache(cache: Path, repo_id: str, source: Path, sha: str) -> Path:
-    """What huggingface_hub leaves on disk after downloading `repo_id` at commit `sha`."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(source, repo / "snapshots" / sha)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    return repo / "snapshots" / sha
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError  # 
 from sdxs_rt.loading import resolve_model  # noqa: E402
 from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder  # noqa: E402
 from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
+from tests.published_layout import split_text_encoder  # noqa: E402
 
 PROMPTS = [
     "a red circle on a white background",
@@ -185,18 +186,7 @@ def test_the_split_layout_gives_the_same_vectors(
 ) -> None:
     """text_encoder/ as a bare XLM-R with its own config + text_projector/ holding the Linear."""
     model = Path(shutil.copytree(remote_files.dir.parent, tmp_path / "model"))
-    folder = model / "text_encoder"
-    tensors = load_file(folder / "model.safetensors")
-    tower = {k.removeprefix("text_model."): v for k, v in tensors.items() if "text_model." in k}
-    save_file(tower, folder / "model.safetensors")
-    vocab = tower["embeddings.word_embeddings.weight"].shape[0]
-    (folder / "config.json").write_text(json.dumps(text_config(vocab)))
-    (folder / REMOTE_CODE_FILE).unlink()
-    (model / "text_projector").mkdir()
-    save_file(
-        {"linear.weight": tensors["text_projector.weight"]},
-        model / "text_projector" / "diffusion_pytorch_model.safetensors",
-    )
+    split_text_encoder(model, "diffusion_pytorch_model.safetensors", "linear.weight")
     files = resolve_text_encoder(None, resolve_model(str(model)))
     vectors = NativeTextEncoder.load(files, "cpu", torch.float32)(PROMPTS)
     assert (vectors - native(PROMPTS)).abs().max() <= TOLERANCE

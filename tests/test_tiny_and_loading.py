@@ -33,6 +33,7 @@ from sdxs_rt.tiny import (  # noqa: E402
     build_tiny_text_encoder,
     main,
 )
+from tests.published_layout import fake_hub_cache, split_text_encoder  # noqa: E402
 
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -354,16 +355,6 @@ def test_wrong_unet_class_and_missing_keys(tiny_model: Path, tmp_path: Path) -> 
 # --- hub ids, offline -------------------------------------------------------------------
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, source: Path) -> Path:
-    """What huggingface_hub leaves on disk after a download (real files, no blob links)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(source, repo / "snapshots" / sha)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(sha)
-    return repo / "snapshots" / sha
-
-
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "hf" / "hub"
@@ -376,7 +367,7 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_cached_hub_id_resolves_offline(tiny_model: Path, offline_hub: Path) -> None:
-    snapshot = _fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
+    snapshot = fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
     files = resolve_model("org/tiny-sdxs")
     assert files.root == snapshot and files.name == "org/tiny-sdxs"
     assert files.unet_weights == snapshot / "unet" / UNET_WEIGHTS
@@ -386,13 +377,13 @@ def test_hub_cache_env_var_wins(
     tiny_model: Path, tmp_path: Path, offline_hub: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other = tmp_path / "elsewhere"
-    _fake_hub_cache(other, "org/tiny-sdxs", tiny_model)
+    fake_hub_cache(other, "org/tiny-sdxs", tiny_model)
     monkeypatch.setenv("HF_HUB_CACHE", str(other))
     assert resolve_model("org/tiny-sdxs").root.is_relative_to(other)
 
 
 def test_a_pinned_revision_resolves_offline(tiny_model: Path, offline_hub: Path) -> None:
-    snapshot = _fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
+    snapshot = fake_hub_cache(offline_hub, "org/tiny-sdxs", tiny_model)
     files = resolve_model("org/tiny-sdxs", revision=snapshot.name)
     assert files.root == snapshot and files.revision == snapshot.name
     assert files.hub_id == "org/tiny-sdxs"
@@ -411,7 +402,7 @@ def test_default_text_encoder_comes_from_the_hub_cache(
     model = _copy(tiny_model, tmp_path)
     shutil.rmtree(model / "text_encoder")
     card = build_tiny_text_encoder(tmp_path / "mexma-siglip")
-    _fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, card)
+    fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, card)
     files = resolve_text_encoder(None, resolve_model(str(model)))
     assert files.name == "visheratin/mexma-siglip" and files.skipped == ()
     assert files.tokenizer_dir == files.dir  # the hub folder carries its own tokenizer
@@ -429,7 +420,7 @@ def test_an_incomplete_own_text_encoder_falls_back_to_the_card(
     tensors = load_file(weights)
     tensors["text_projector.weight"] = tensors["text_projector.weight"][:1024]
     save_file(tensors, weights)
-    _fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
+    fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
     files = resolve_text_encoder(None, resolve_model(str(model)))
     assert files.name == DEFAULT_TEXT_ENCODER
     assert files.skipped == (
@@ -442,8 +433,8 @@ def _hub_model_without_text_weights(tiny_model: Path, tmp_path: Path, cache: Pat
     """What the first, configs-only fetch of a hub model leaves: text_encoder/ without weights."""
     source = _copy(tiny_model, tmp_path)
     (source / "text_encoder" / "model.safetensors").unlink()
-    _fake_hub_cache(cache, "org/tiny-sdxs", source)
-    _fake_hub_cache(cache, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
+    fake_hub_cache(cache, "org/tiny-sdxs", source)
+    fake_hub_cache(cache, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
 
 
 def test_hub_text_encoder_unjudgeable_offline_falls_back_to_the_card(
@@ -479,20 +470,9 @@ def test_hub_text_encoder_judged_by_its_remote_header(
 
 def test_a_split_text_encoder_and_projector_is_recognised(tiny_model: Path, tmp_path: Path):
     """An XLM-R `text_encoder/` (bare tower, XLM-R config) + a one-Linear `text_projector/`."""
-    from safetensors.torch import load_file, save_file
-
-    from sdxs_rt.tiny import text_config
-
     model = _copy(tiny_model, tmp_path)
     folder = model / "text_encoder"
-    tensors = load_file(folder / "model.safetensors")
-    tower = {k.removeprefix("text_model."): v for k, v in tensors.items() if "text_model." in k}
-    save_file(tower, folder / "model.safetensors")
-    vocab = tower["embeddings.word_embeddings.weight"].shape[0]
-    (folder / "config.json").write_text(json.dumps(text_config(vocab)))
-    (model / "text_projector").mkdir()
-    projector = {"weight": tensors["text_projector.weight"]}
-    save_file(projector, model / "text_projector" / "model.safetensors")
+    split_text_encoder(model, "model.safetensors", "weight")
     files = resolve_text_encoder(None, resolve_model(str(model)))
     assert files.dir == folder and files.layout is not None
     assert files.projector_weights == (model / "text_projector" / "model.safetensors",)
