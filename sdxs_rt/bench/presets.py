@@ -161,7 +161,7 @@ def _write_text_encoder(folder: Path, preset: Preset, tokenizer: Any, seed: int)
     """As `tiny.write_text_encoder(remote_code=True)` (the published Mexma-SigLIP layout), with
     the preset's text tower shape; the vision tower stays tiny (the text path never reads it)."""
     config_text = text_config(preset, tokenizer.get_vocab_size())
-    tensors = tiny._text_encoder_tensors(config_text, seed)
+    tensors = tiny.text_encoder_tensors(config_text, seed)
     # keep the projected vector at the tiny model's scale whatever the tower width
     tensors["text_projector.weight"] *= (tiny.TINY_TEXT_WIDTH / config_text["hidden_size"]) ** 0.5
     tiny.write_mexma_siglip(folder, tokenizer, config_text, tensors, remote_code=True)
@@ -178,7 +178,7 @@ def build_preset_model(preset: Preset, root: Path, seed: int = 0) -> Path:
         ("unet", UNet2DConditionModel, preset.unet, 1),
         ("vae", AutoencoderKL, preset.vae, 2),
     ):
-        with tiny._seeded(seed * 10 + part):
+        with tiny.seeded(seed * 10 + part):
             model = cls(**kwargs)
         tiny._write_diffusers_model(model, root / folder, preset.variant, seed * 10 + part)
         del model

@@ -85,7 +85,7 @@ def train_vae(images: torch.Tensor, options: VAETraining, progress: Any) -> Any:
     from diffusers import AutoencoderKL
 
     generator = torch.Generator().manual_seed(options.seed)
-    with tiny._seeded(options.seed):
+    with tiny.seeded(options.seed):
         vae = AutoencoderKL(**vae_kwargs(images.shape[-1]))
     optimizer = torch.optim.AdamW(vae.parameters(), lr=options.learning_rate)
     for _ in range(options.steps):
@@ -171,7 +171,7 @@ def train_text_encoder(
         attention_probs_dropout_prob=0.0,
     )
     counts = [int(labels[:, column].max()) + 1 for column in range(labels.shape[1])]
-    with tiny._seeded(options.seed):
+    with tiny.seeded(options.seed):
         model = CaptionClassifier(config, counts)
     ids, mask = tokenize(tokenizer, captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.learning_rate)

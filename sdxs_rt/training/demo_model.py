@@ -130,7 +130,7 @@ def build_base_model(
 def _write_random_unet(folder: Path, recipe: DemoRecipe) -> None:
     from diffusers import UNet2DConditionModel
 
-    with tiny._seeded(recipe.seed):
+    with tiny.seeded(recipe.seed):
         unet = UNet2DConditionModel(**unet_kwargs(recipe.image_size))
     folder.mkdir(parents=True, exist_ok=True)
     unet.save_config(str(folder))
