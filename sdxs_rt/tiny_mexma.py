@@ -126,6 +126,8 @@ def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
         "num_hidden_layers": 2,
         "intermediate_size": 2 * TINY_TEXT_WIDTH,
         "initializer_range": 0.2,  # wider than 0.02 so the CLS vector depends on the prompt
+        "hidden_dropout_prob": 0.0,  # eval only; the demo recipe's training asks for 0 too
+        "attention_probs_dropout_prob": 0.0,
         **overrides,
     }
     values.setdefault("num_attention_heads", values["hidden_size"] // 64)
@@ -137,8 +139,6 @@ def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
         pad_token_id=1,
         bos_token_id=0,
         eos_token_id=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         **values,
     )
     data = config.to_diff_dict()
