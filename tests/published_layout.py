@@ -26,15 +26,23 @@ def fake_hub_cache(
     return snapshot
 
 
+def read_tensors(path: Path) -> dict:
+    """A file's tensors as copies: safetensors before 0.5 hands back views of its memory map, so
+    rewriting the same file from them crashes the process (SIGBUS)."""
+    from safetensors.torch import load_file
+
+    return {key: value.clone() for key, value in load_file(str(path)).items()}
+
+
 def split_text_encoder(model: Path, projector_file: str, projector_key: str) -> None:
     """Rewrite `model/text_encoder` as a bare XLM-R (its own XLM-R config.json, no remote code)
     beside a `text_projector/` folder holding the one Linear."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config
 
     folder = model / "text_encoder"
-    tensors = load_file(folder / "model.safetensors")
+    tensors = read_tensors(folder / "model.safetensors")
     tower = {k.removeprefix("text_model."): v for k, v in tensors.items() if "text_model." in k}
     save_file(tower, folder / "model.safetensors")
     vocab = tower["embeddings.word_embeddings.weight"].shape[0]

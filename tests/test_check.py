@@ -16,7 +16,7 @@ import pytest
 from sdxs_rt.cli import main
 from sdxs_rt.loading import read_json_config
 from sdxs_rt.model_report_text import OK_LINE
-from tests.published_layout import fake_hub_cache
+from tests.published_layout import fake_hub_cache, read_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def narrow_text_encoder(folder: Path, width: int = 1024) -> None:
     """Rewrite text_projector.weight to project to `width` instead of the U-Net's 1152."""
     torch = pytest.importorskip("torch")
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     path = folder / "model.safetensors"
-    tensors = load_file(str(path))
+    tensors = read_tensors(path)
     tower = tensors["text_projector.weight"].shape[1]
     tensors["text_projector.weight"] = torch.randn(width, tower)
     save_file(tensors, str(path))

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from sdxs_rt.backends.torch.text_encoder import (  # noqa: E402
     MAX_TOKENS,
@@ -24,7 +24,7 @@ from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError  # 
 from sdxs_rt.loading import resolve_model  # noqa: E402
 from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder  # noqa: E402
 from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
-from tests.published_layout import split_text_encoder  # noqa: E402
+from tests.published_layout import read_tensors, split_text_encoder  # noqa: E402
 
 PROMPTS = [
     "a red circle on a white background",
@@ -53,7 +53,7 @@ def _edited_copy(files: TextEncoderFiles, tmp_path: Path, edit_tensors=None, edi
     """A copy of the text encoder folder with its weights and/or config rewritten."""
     folder = Path(shutil.copytree(files.dir, tmp_path / "text_encoder"))
     if edit_tensors is not None:
-        tensors = edit_tensors(load_file(folder / "model.safetensors"))
+        tensors = edit_tensors(read_tensors(folder / "model.safetensors"))
         save_file(tensors, folder / "model.safetensors")
     if edit_config is not None:
         config = json.loads((folder / "config.json").read_text())

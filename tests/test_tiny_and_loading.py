@@ -33,7 +33,11 @@ from sdxs_rt.tiny import (  # noqa: E402
     build_tiny_text_encoder,
     main,
 )
-from tests.published_layout import fake_hub_cache, split_text_encoder  # noqa: E402
+from tests.published_layout import (  # noqa: E402
+    fake_hub_cache,
+    read_tensors,
+    split_text_encoder,
+)
 
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -413,11 +417,11 @@ def test_an_incomplete_own_text_encoder_falls_back_to_the_card(
     tiny_model: Path, tmp_path: Path, offline_hub: Path
 ) -> None:
     """A text_encoder/ that projects to 1024 cannot feed this U-Net: the card's is used."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     model = _copy(tiny_model, tmp_path)
     weights = model / "text_encoder" / "model.safetensors"
-    tensors = load_file(weights)
+    tensors = read_tensors(weights)
     tensors["text_projector.weight"] = tensors["text_projector.weight"][:1024]
     save_file(tensors, weights)
     fake_hub_cache(offline_hub, DEFAULT_TEXT_ENCODER, build_tiny_text_encoder(tmp_path / "c"))
