@@ -5,8 +5,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def offline_hub_cache(tmp_path: Path, monkeypatch: Any) -> Path:
+    """An empty hub cache at $HF_HOME/hub with the hub offline, for fake_hub_cache to fill."""
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # cache = $HF_HOME/hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
 
 
 def fake_hub_cache(

@@ -12,7 +12,7 @@ from sdxs_rt.cli import main
 from sdxs_rt.errors import UsageError
 from sdxs_rt.hub import check_revision
 from sdxs_rt.metadata import read_metadata
-from tests.published_layout import fake_hub_cache
+from tests.published_layout import fake_hub_cache, offline_hub_cache
 
 REPO = "org/tiny-sdxs"
 SHA = "89abcdef0123456789abcdef0123456789abcdef"
@@ -22,13 +22,7 @@ FAST = ["--size", "64x64", "--steps", "2", "--seed", "1"]
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path) -> Path:
     """An offline hub cache holding the tiny model as REPO at commit SHA."""
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # cache = $HF_HOME/hub
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return fake_hub_cache(cache, REPO, tiny_model, SHA)
+    return fake_hub_cache(offline_hub_cache(tmp_path, monkeypatch), REPO, tiny_model, SHA)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -35,6 +35,7 @@ from sdxs_rt.tiny import (  # noqa: E402
 )
 from tests.published_layout import (  # noqa: E402
     fake_hub_cache,
+    offline_hub_cache,
     read_tensors,
     split_text_encoder,
 )
@@ -361,13 +362,7 @@ def test_wrong_unet_class_and_missing_keys(tiny_model: Path, tmp_path: Path) -> 
 
 @pytest.fixture
 def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # cache = $HF_HOME/hub
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return cache
+    return offline_hub_cache(tmp_path, monkeypatch)
 
 
 def test_cached_hub_id_resolves_offline(tiny_model: Path, offline_hub: Path) -> None:
