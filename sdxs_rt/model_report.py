@@ -26,7 +26,12 @@ from sdxs_rt.loading import (
     weights_table,
 )
 from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, default_scheduler
-from sdxs_rt.text_encoder_files import TextEncoderFiles, check_text_width, resolve_text_encoder
+from sdxs_rt.text_encoder_files import (
+    TextEncoderFiles,
+    check_text_width,
+    own_text_encoder_problem,
+    resolve_text_encoder,
+)
 from sdxs_rt.text_layout import TensorInfo
 
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -118,8 +123,8 @@ def build_report(
     )
     if encoder is not None:
         fill_text_sections(report, files, encoder)
-    elif files.text_encoder_dir is not None and text_encoder is None:
-        report.notes.extend(own_text_encoder_notes(files))
+    elif text_encoder is None and (why_not := own_text_encoder_problem(files)):
+        report.notes.append(f"text_encoder/ not used: {why_not}")
     report.memory = memory_estimate(report)
     report.folders = folder_roles(files, encoder)
     return report
@@ -286,28 +291,6 @@ def text_encoder_facts(encoder: TextEncoderFiles) -> dict[str, Any]:
         "text_parameters": layout.text_parameters,
         "vision_parameters": layout.vision_parameters,
     }
-
-
-def own_text_encoder_notes(files: ModelFiles) -> list[str]:
-    """Why the model's own text_encoder/ was passed over, when the card's one is not at hand."""
-    own = _quiet(lambda: resolve_text_encoder(str(files.text_encoder_dir), files))
-    if own is None or own.layout is None:
-        problem = "it is not understood" if own is None else own.layout_problem
-        return [f"text_encoder/ not used: {problem}"]
-    width = files.cross_attention_dim
-    if width is not None and own.layout.width != width:
-        return [
-            f"text_encoder/ not used: it gives {own.layout.width}-wide vectors and the U-Net "
-            f"takes {width}"
-        ]
-    return []
-
-
-def _quiet(step: Callable[[], T]) -> T | None:
-    try:
-        return step()
-    except SdxsError:
-        return None
 
 
 # --- memory and folders -----------------------------------------------------------------

@@ -97,6 +97,15 @@ def resolve_text_encoder(
     return replace(files, skipped=skipped)
 
 
+def own_text_encoder_problem(model: ModelFiles) -> str | None:
+    """Why the model's own `text_encoder/` would be passed over (None: it would be used);
+    judged from headers only, so `check` can say it even when the card's one is not at hand."""
+    if model.text_encoder_dir is None:
+        return None
+    own, why_not = _own_text_encoder(model, fetch_weights=False)
+    return None if own is not None else why_not
+
+
 def check_text_width(encoder: TextEncoderFiles, model: ModelFiles) -> None:
     """Refuse, before any weight is read, a text encoder whose vectors the U-Net cannot take."""
     expected = model.cross_attention_dim
