@@ -22,7 +22,7 @@ from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import RNG_NAME
-from sdxs_rt.samplers import SCHEDULER_LABELS
+from sdxs_rt.scheduler_table import SCHEDULER_LABELS, scheduler_for_label
 
 FORMAT_VERSION = 1
 PARAMETERS_KEY = "parameters"
@@ -35,8 +35,6 @@ RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
 OPTIONAL_FIELDS = frozenset({"variant", "revision", "extra"})  # older records lack them
-
-SCHEDULER_BY_LABEL = {label.lower(): name for name, label in SCHEDULER_LABELS.items()}
 
 
 @dataclass
@@ -283,17 +281,6 @@ CONVERTERS: dict[str, Any] = {
     "Scheduler": _scheduler,
     "Revision": lambda v: {"revision": v},
 }
-
-
-def scheduler_for_label(label: str, schedule_type: str = "") -> str | None:
-    """Our scheduler for an A1111 sampler label; A1111 >= 1.9 writes Karras as `Schedule type`."""
-    name = label.strip().lower()
-    kind = schedule_type.strip().lower()
-    if kind in ("", "automatic") or (kind == "karras" and name.endswith(" karras")):
-        return SCHEDULER_BY_LABEL.get(name)
-    if kind == "karras":
-        return SCHEDULER_BY_LABEL.get(f"{name} karras")
-    return None  # another noise schedule: none of ours replays it
 
 
 def record_from_parameters(parsed: ParsedParameters) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from sdxs_rt.loading import (
     resolve_model,
     weights_table,
 )
-from sdxs_rt.pipeline import SCHEDULER_BY_CLASS, default_scheduler
+from sdxs_rt.scheduler_table import DIFFUSERS_CLASSES, scheduler_for_config
 from sdxs_rt.text_encoder_files import (
     TextEncoderFiles,
     check_text_width,
@@ -214,8 +214,8 @@ def decode_formula(vae_config: Mapping[str, Any]) -> str:
 
 def scheduler_facts(config: Mapping[str, Any]) -> dict[str, Any]:
     class_name = config.get("_class_name", "DDPMScheduler")
-    sampler = default_scheduler(dict(config))
-    if class_name in SCHEDULER_BY_CLASS:
+    sampler = scheduler_for_config(config)
+    if class_name in DIFFUSERS_CLASSES:
         why = f"the native sampler of {class_name}"
     else:
         why = f"{class_name} has no native sampler of the same maths; {sampler} is the default"

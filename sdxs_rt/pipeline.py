@@ -24,7 +24,9 @@ from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import BatchNoise, random_seed, seeds_for
-from sdxs_rt.samplers import SCHEDULER_NAMES, sample
+from sdxs_rt.sampler_schedule import build_schedule
+from sdxs_rt.samplers import sample
+from sdxs_rt.scheduler_table import SCHEDULER_NAMES, scheduler_for_config
 from sdxs_rt.schedules import SchedulerConfig
 
 # Backends are plugins, imported by name only when asked for: the core never depends on one.
@@ -34,14 +36,6 @@ BACKEND_MODULES = {
     "tensorrt": "sdxs_rt.backends.tensorrt",
 }
 
-# The diffusers scheduler class a model ships -> our native sampler of the same maths.
-SCHEDULER_BY_CLASS = {
-    "DDPMScheduler": "ddpm",
-    "DDIMScheduler": "ddim",
-    "EulerDiscreteScheduler": "euler",
-    "EulerAncestralDiscreteScheduler": "euler_a",
-    "DPMSolverMultistepScheduler": "dpmpp_2m",
-}
 
 
 @dataclass(frozen=True)
@@ -70,14 +64,6 @@ class GenerationResult:
     seeds: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cancelled: bool = False
-
-
-def default_scheduler(config: dict[str, Any]) -> str:
-    class_name = config.get("_class_name", "DDPMScheduler")
-    name = SCHEDULER_BY_CLASS.get(class_name)
-    if name == "dpmpp_2m" and config.get("use_karras_sigmas"):
-        return "dpmpp_2m_karras"
-    return name or "ddpm"
 
 
 def _per_channel(value: tuple[float, ...] | float, ops: ArrayOps) -> Any:
@@ -131,7 +117,7 @@ class Pipeline:
     def __init__(self, components: Components) -> None:
         self.components = components
         self.scheduler_config = SchedulerConfig.from_dict(components.scheduler_config)
-        self.default_scheduler = default_scheduler(components.scheduler_config)
+        self.default_scheduler = scheduler_for_config(components.scheduler_config)
         self._negative_cache: dict[str, Array] = {}
         self._cancel = threading.Event()
 
@@ -270,16 +256,9 @@ class Pipeline:
         context = _repeat(cond, size, ops)
         uncontext = None if uncond is None else _repeat(uncond, size, ops)
         model = guided_model(c.unet, context, uncontext, params.guidance_scale, ops)
-        x_T = ops.from_host(noise.draw())
-        steps = sample(
-            scheduler,
-            model,
-            x_T,
-            self.scheduler_config,
-            params.num_inference_steps,
-            lambda: ops.from_host(noise.draw()),
-            ops,
-        )
+        schedule = build_schedule(scheduler, self.scheduler_config, params.num_inference_steps)
+        x_T = schedule.start_latents(ops.from_host(noise.draw()))
+        steps = sample(schedule, model, x_T, lambda: ops.from_host(noise.draw()), ops)
         latents, sampling_seconds, tick = x_T, 0.0, time.perf_counter()
         for step in steps:
             if self._cancel.is_set():

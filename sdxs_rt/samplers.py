@@ -12,7 +12,6 @@ last, whose sigma_up is 0). diffusers also draws (and scales to ~0) noise on tho
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -20,21 +19,14 @@ import numpy as np
 
 from sdxs_rt import schedules
 from sdxs_rt.components import Array, ArrayOps
-from sdxs_rt.errors import UsageError
+from sdxs_rt.sampler_schedule import SamplerSchedule
 from sdxs_rt.schedules import FloatArray, IntArray, SchedulerConfig
 
 ModelFn = Callable[[Array, float], Array]  # (model input, timestep) -> raw model output
 NoiseFn = Callable[[], Array]  # the next standard-normal array shaped like the latents
-
-SCHEDULER_LABELS: dict[str, str] = {
-    "ddpm": "DDPM",
-    "ddim": "DDIM",
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-}
-SCHEDULER_NAMES: tuple[str, ...] = tuple(SCHEDULER_LABELS)
+# Called with (step index, x after the step); returns the x the next step starts from.
+# Inpainting blends the known region back in here; plain sampling passes x through.
+StepHook = Callable[[int, Array], Array]
 
 
 @dataclass(frozen=True)
@@ -45,29 +37,25 @@ class SamplerStep:
     denoised: Array  # the x0 prediction at this step (for previews)
 
 
+def _unchanged(index: int, x: Array) -> Array:
+    return x
+
+
 def sample(
-    name: str,
+    schedule: SamplerSchedule,
     model: ModelFn,
-    x_T: Array,
-    config: SchedulerConfig,
-    num_inference_steps: int,
+    x: Array,
     noise: NoiseFn,
     ops: ArrayOps,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
-    """Run scheduler `name` from unit-variance noise `x_T`, yielding after every step.
+    """Run `schedule` from `x` (already at its first step's level), yielding after every step.
 
-    Arguments are checked and the schedule is built before the first `next()`.
+    Start from `schedule.start_latents(n)` for text to image, from `schedule.noised(z, n)` for
+    image to image. Step indices count from 0 within the schedule, whatever its `start`.
     """
-    if name not in SCHEDULER_LABELS:
-        raise UsageError(
-            f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULER_NAMES)}."
-        )
-    steps = num_inference_steps
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-        raise UsageError(f"steps must be a whole number, not {steps!r}.")
-    if steps <= 0:
-        raise UsageError(f"steps must be at least 1, not {steps}.")
-    return _SAMPLERS[name](_Request(model, x_T, config, int(steps), noise, ops))
+    run = _Run(schedule, model, noise, ops, after_step)
+    return _SAMPLERS[schedule.scheduler](run, x)
 
 
 # --- scalar arithmetic ------------------------------------------------------------------
@@ -161,6 +149,7 @@ def sample_ddpm(
     config: SchedulerConfig,
     noise: NoiseFn,
     ops: ArrayOps,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
     """Ancestral DDPM (DDPMScheduler with variance_type "fixed_small")."""
     previous = [*timesteps[1:].tolist(), -1]
@@ -173,6 +162,7 @@ def sample_ddpm(
         x = x0 * x0_coeff + x * x_coeff
         if t_prev >= 0:
             x = x + noise() * std
+        x = after_step(index, x)
         yield SamplerStep(index, float(t), x, x0)
 
 
@@ -193,11 +183,13 @@ def sample_ddim(
     cumprod: FloatArray,
     config: SchedulerConfig,
     ops: ArrayOps,
+    total_steps: int,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
     """Deterministic DDIM (DDIMScheduler, eta = 0)."""
-    # diffusers steps back by a fixed stride, not to the next timestep in the list (they
-    # differ for "linspace" and "trailing" spacing).
-    stride = config.num_train_timesteps // len(timesteps)
+    # diffusers steps back by a fixed stride of the full schedule, not to the next timestep in
+    # the list (they differ for "linspace" and "trailing" spacing, and for a sliced schedule).
+    stride = config.num_train_timesteps // total_steps
     final = 1.0 if config.set_alpha_to_one else float(cumprod[0])
     for index, t in enumerate(timesteps.tolist()):
         level = _vp_level(_cumprod_at(cumprod, t))
@@ -206,6 +198,7 @@ def sample_ddim(
         eps = predicted_eps(output, x, level, config.prediction_type)
         x0 = _clip_x0(predicted_x0(output, x, level, config.prediction_type), config, ops)
         x = x0 * float(_sqrt(a_prev)) + eps * float(_sqrt(1 - a_prev))
+        x = after_step(index, x)
         yield SamplerStep(index, float(t), x, x0)
 
 
@@ -231,13 +224,14 @@ def sample_euler(
     sigmas: FloatArray,
     timesteps: FloatArray,
     prediction_type: str,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
     """Euler's method on the probability-flow ODE (EulerDiscreteScheduler)."""
     for index, t in enumerate(timesteps.tolist()):
         sigma, sigma_next = F32(sigmas[index]), F32(sigmas[index + 1])
         x0 = _euler_denoise(model, x, sigma, t, prediction_type)
         derivative = (x - x0) / float(sigma)
-        x = x + derivative * float(sigma_next - sigma)
+        x = after_step(index, x + derivative * float(sigma_next - sigma))
         yield SamplerStep(index, t, x, x0)
 
 
@@ -256,6 +250,7 @@ def sample_euler_ancestral(
     timesteps: FloatArray,
     prediction_type: str,
     noise: NoiseFn,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
     """Euler ancestral (EulerAncestralDiscreteScheduler)."""
     for index, t in enumerate(timesteps.tolist()):
@@ -266,15 +261,8 @@ def sample_euler_ancestral(
         x = x + derivative * float(sigma_down - sigma)
         if sigma_up > 0:
             x = x + noise() * float(sigma_up)
+        x = after_step(index, x)
         yield SamplerStep(index, t, x, x0)
-
-
-def euler_start(x_T: Array, config: SchedulerConfig, sigmas: FloatArray) -> Array:
-    """Scale unit-variance noise to the first sigma (diffusers' `init_noise_sigma`)."""
-    sigma_max = F32(sigmas.max())
-    if config.timestep_spacing == "leading":
-        return x_T * float(_sqrt(sigma_max * sigma_max + 1))
-    return x_T * float(sigma_max)
 
 
 # --- DPM-Solver++ 2M: variance preserving, in log-SNR time --------------------------------
@@ -295,6 +283,7 @@ def sample_dpmpp_2m(
     sigmas: FloatArray,
     timesteps: IntArray,
     prediction_type: str,
+    after_step: StepHook = _unchanged,
 ) -> Iterator[SamplerStep]:
     """DPM-Solver++(2M) (DPMSolverMultistepScheduler, solver_order 2, midpoint, final sigma 0).
 
@@ -310,6 +299,7 @@ def sample_dpmpp_2m(
             x, previous = x0, None
         else:
             x, previous = _dpm_update(x, x0, level, _dpm_level(sigma_next), previous)
+        x = after_step(index, x)
         yield SamplerStep(index, float(t), x, x0)
 
 
@@ -331,63 +321,63 @@ def _dpm_update(
     return x, (x0, h)
 
 
-# --- dispatch: build the schedule eagerly, then hand back the generator -------------------
+# --- dispatch: one adapter per sampler from the schedule value ---------------------------
 
 
 @dataclass(frozen=True)
-class _Request:
+class _Run:
+    schedule: SamplerSchedule
     model: ModelFn
-    x_T: Array
-    config: SchedulerConfig
-    steps: int
     noise: NoiseFn
     ops: ArrayOps
+    after_step: StepHook
 
 
-def _ddpm(r: _Request) -> Iterator[SamplerStep]:
-    timesteps = schedules.ddpm_timesteps(r.config, r.steps)
-    cumprod = schedules.alphas_cumprod(r.config)
-    return sample_ddpm(r.model, r.x_T, timesteps, cumprod, r.config, r.noise, r.ops)
+def _ddpm(r: _Run, x: Array) -> Iterator[SamplerStep]:
+    s = r.schedule
+    cumprod = schedules.alphas_cumprod(s.config)
+    timesteps = s.timesteps.astype(np.int64)
+    return sample_ddpm(r.model, x, timesteps, cumprod, s.config, r.noise, r.ops, r.after_step)
 
 
-def _ddim(r: _Request) -> Iterator[SamplerStep]:
-    timesteps = schedules.ddpm_timesteps(r.config, r.steps)
-    cumprod = schedules.alphas_cumprod(r.config)
-    return sample_ddim(r.model, r.x_T, timesteps, cumprod, r.config, r.ops)
+def _ddim(r: _Run, x: Array) -> Iterator[SamplerStep]:
+    s = r.schedule
+    cumprod = schedules.alphas_cumprod(s.config)
+    timesteps = s.timesteps.astype(np.int64)
+    return sample_ddim(r.model, x, timesteps, cumprod, s.config, r.ops, s.total_steps, r.after_step)
 
 
-def _euler_start(r: _Request) -> tuple[Array, FloatArray, FloatArray]:
-    timesteps = schedules.euler_timesteps(r.config, r.steps)
-    sigmas = schedules.interpolated_sigmas(r.config, timesteps)
-    return euler_start(r.x_T, r.config, sigmas), sigmas, timesteps
+def _sigmas(schedule: SamplerSchedule) -> FloatArray:
+    assert schedule.sigmas is not None, schedule.scheduler
+    return schedule.sigmas
 
 
-def _euler(r: _Request) -> Iterator[SamplerStep]:
-    x, sigmas, timesteps = _euler_start(r)
-    return sample_euler(r.model, x, sigmas, timesteps, r.config.prediction_type)
+def _euler(r: _Run, x: Array) -> Iterator[SamplerStep]:
+    s = r.schedule
+    prediction = s.config.prediction_type
+    return sample_euler(r.model, x, _sigmas(s), s.timesteps, prediction, r.after_step)
 
 
-def _euler_a(r: _Request) -> Iterator[SamplerStep]:
-    x, sigmas, timesteps = _euler_start(r)
-    return sample_euler_ancestral(r.model, x, sigmas, timesteps, r.config.prediction_type, r.noise)
+def _euler_a(r: _Run, x: Array) -> Iterator[SamplerStep]:
+    s = r.schedule
+    prediction = s.config.prediction_type
+    return sample_euler_ancestral(
+        r.model, x, _sigmas(s), s.timesteps, prediction, r.noise, r.after_step
+    )
 
 
-def _dpmpp_2m(r: _Request) -> Iterator[SamplerStep]:
-    timesteps = schedules.dpm_timesteps(r.config, r.steps)
-    sigmas = schedules.interpolated_sigmas(r.config, timesteps)
-    return sample_dpmpp_2m(r.model, r.x_T, sigmas, timesteps, r.config.prediction_type)
+def _dpmpp_2m(r: _Run, x: Array) -> Iterator[SamplerStep]:
+    s = r.schedule
+    timesteps = s.timesteps.astype(np.int64)
+    prediction = s.config.prediction_type
+    return sample_dpmpp_2m(r.model, x, _sigmas(s), timesteps, prediction, r.after_step)
 
 
-def _dpmpp_2m_karras(r: _Request) -> Iterator[SamplerStep]:
-    sigmas, timesteps = schedules.dpm_karras_schedule(r.config, r.steps)
-    return sample_dpmpp_2m(r.model, r.x_T, sigmas, timesteps, r.config.prediction_type)
-
-
-_SAMPLERS: dict[str, Callable[[_Request], Iterator[SamplerStep]]] = {
+_SAMPLERS: dict[str, Callable[[_Run, Array], Iterator[SamplerStep]]] = {
     "ddpm": _ddpm,
     "ddim": _ddim,
     "euler": _euler,
     "euler_a": _euler_a,
     "dpmpp_2m": _dpmpp_2m,
-    "dpmpp_2m_karras": _dpmpp_2m_karras,
+    "dpmpp_2m_karras": _dpmpp_2m,
 }

@@ -23,8 +23,8 @@ from sdxs_rt.metadata import (
     png_info,
     read_metadata,
     record_from_parameters,
-    scheduler_for_label,
 )
+from sdxs_rt.scheduler_table import scheduler_for_label
 
 try:
     from hypothesis import assume, given, settings

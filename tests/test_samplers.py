@@ -29,7 +29,9 @@ import pytest
 from sdxs_rt import schedules
 from sdxs_rt.array_ops import NumpyOps
 from sdxs_rt.errors import ModelFormatError, UsageError
-from sdxs_rt.samplers import SCHEDULER_LABELS, SCHEDULER_NAMES, sample
+from sdxs_rt.sampler_schedule import build_schedule
+from sdxs_rt.samplers import sample
+from sdxs_rt.scheduler_table import SAMPLERS, SCHEDULER_LABELS, SCHEDULER_NAMES
 from sdxs_rt.schedules import SchedulerConfig
 
 torch = pytest.importorskip("torch")
@@ -49,13 +51,10 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # (timestep_spacing, steps_offset): the offset only matters for "leading".
 SPACINGS = (("leading", 0), ("leading", 1), ("linspace", 0), ("trailing", 0))
+# The table's diffusers class for each sampler is what every parity case runs against.
 DIFFUSERS_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    entry.name: (entry.diffusers_class, {"use_karras_sigmas": True} if entry.karras else {})
+    for entry in SAMPLERS
 }
 NOISE_MODULES = (
     "diffusers.schedulers.scheduling_ddpm",
@@ -249,7 +248,8 @@ def run_ours(case: Case, x_T: np.ndarray, noises: list[np.ndarray], ops: Any) ->
         return fake_model(x_in, t, pattern)
 
     config = SchedulerConfig.from_dict(case.config_dict())
-    steps = sample(case.sampler, model, ops.from_host(x_T), config, case.steps, noise, ops)
+    schedule = build_schedule(case.sampler, config, case.steps)
+    steps = sample(schedule, model, schedule.start_latents(ops.from_host(x_T)), noise, ops)
     for index, step in enumerate(steps):
         assert step.index == index
         trace.timesteps.append(step.timestep)
@@ -375,7 +375,8 @@ def test_names_and_labels_agree() -> None:
 def _start(name: str, steps: Any, config: SchedulerConfig | None = None) -> Any:
     x = np.zeros(SHAPE, dtype=np.float32)
     config = config or SchedulerConfig()
-    return sample(name, lambda x_in, t: x_in, x, config, steps, lambda: x, NumpyOps())
+    schedule = build_schedule(name, config, steps)
+    return sample(schedule, lambda x_in, t: x_in, x, lambda: x, NumpyOps())
 
 
 def test_unknown_scheduler_is_a_usage_error_listing_the_choices() -> None:
@@ -446,12 +447,14 @@ def test_the_core_runs_without_torch() -> None:
         "import sys; sys.modules['torch'] = None\n"
         "import numpy as np\n"
         "from sdxs_rt.array_ops import NumpyOps\n"
-        "from sdxs_rt.samplers import SCHEDULER_NAMES, sample\n"
+        "from sdxs_rt.sampler_schedule import build_schedule\n"
+        "from sdxs_rt.samplers import sample\n"
+        "from sdxs_rt.scheduler_table import SCHEDULER_NAMES\n"
         "from sdxs_rt.schedules import SchedulerConfig\n"
         "x = np.ones((1, 4, 2, 2), np.float32)\n"
         "for name in SCHEDULER_NAMES:\n"
-        "    steps = sample(name, lambda x_in, t: x_in * 0.5, x, SchedulerConfig(), 3,\n"
-        "                   lambda: x, NumpyOps())\n"
+        "    schedule = build_schedule(name, SchedulerConfig(), 3)\n"
+        "    steps = sample(schedule, lambda x_in, t: x_in * 0.5, x, lambda: x, NumpyOps())\n"
         "    assert np.isfinite(list(steps)[-1].latents).all()\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -32,7 +32,7 @@ from sdxs_rt_desktop.widgets.text import ERROR_STYLE, as_sentence
 
 from sdxs_rt.params import MAX_SIDE, SIZE_STEP
 from sdxs_rt.rng import MAX_SEED
-from sdxs_rt.samplers import SCHEDULER_LABELS
+from sdxs_rt.scheduler_table import SCHEDULER_LABELS
 
 MODEL_DEFAULT_SCHEDULER = "Model default"
 CUSTOM_SIZE = "Custom"
