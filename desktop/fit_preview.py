@@ -27,9 +27,9 @@ from sdxs_rt_desktop.preview import (
     solve_projection,
 )
 
+from sdxs_rt.dev.demo.data import all_combinations, caption
 from sdxs_rt.loading import native_image_size, resolve_model
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
-from sdxs_rt.training.demo_data import all_combinations, caption
 
 FIT_SEED = 1000  # tests measure the map on other seeds
 FIT_STEPS = 8

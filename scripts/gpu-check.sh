@@ -6,7 +6,7 @@
 #
 # 1. installs sdxs-rt, and each of diffusers / pillow the machine cannot import, from wheelhouse/
 #    (pip --no-index --no-deps --target: the machine's own packages stay as they are);
-# 2. python -m sdxs_rt.bench.gpu_check --tests: preflight (imports from the install, the
+# 2. python -m sdxs_rt.dev.bench.gpu_check --tests: preflight (imports from the install, the
 #    install is this tree's code, the gpu tests collect), then without CUDA a "no CUDA" report
 #    and exit 4; with CUDA the gpu-marked tests, the correctness checks and the `full` bench.
 # Budget: SDXS_RT_GPU_BUDGET_S (480 s) for everything; the phases' estimates are in BENCHMARKS.md.
@@ -63,7 +63,7 @@ install() {
 
 main() {
     install
-    "$PY" -m sdxs_rt.bench.gpu_check --tests --site "$SITE" --budget-s $((BUDGET_S - SECONDS))
+    "$PY" -m sdxs_rt.dev.bench.gpu_check --tests --site "$SITE" --budget-s $((BUDGET_S - SECONDS))
 }
 
 main 2>&1 | tee "$OUT/gpu-check.log"

@@ -37,7 +37,6 @@ BACKEND_MODULES = {
 }
 
 
-
 @dataclass(frozen=True)
 class StepEvent:
     image_index: int  # index of the first image of the batch being sampled

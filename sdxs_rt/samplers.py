@@ -355,14 +355,16 @@ def _sigmas(schedule: SamplerSchedule) -> FloatArray:
 def _euler(r: _Run, x: Array) -> Iterator[SamplerStep]:
     s = r.schedule
     prediction = s.config.prediction_type
-    return sample_euler(r.model, x, _sigmas(s), s.timesteps, prediction, r.after_step)
+    timesteps = s.timesteps.astype(np.float64)
+    return sample_euler(r.model, x, _sigmas(s), timesteps, prediction, r.after_step)
 
 
 def _euler_a(r: _Run, x: Array) -> Iterator[SamplerStep]:
     s = r.schedule
     prediction = s.config.prediction_type
+    timesteps = s.timesteps.astype(np.float64)
     return sample_euler_ancestral(
-        r.model, x, _sigmas(s), s.timesteps, prediction, r.noise, r.after_step
+        r.model, x, _sigmas(s), timesteps, prediction, r.noise, r.after_step
     )
 
 

@@ -29,7 +29,7 @@ os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="sdxs-rt-hf-modules-")
 def _build(tmp_path_factory: pytest.TempPathFactory, name: str, **options: object) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
-    from sdxs_rt.tiny import build_tiny_model
+    from sdxs_rt.dev.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp(name) / "model", **options)  # type: ignore[arg-type]
 

@@ -51,7 +51,7 @@ def split_text_encoder(model: Path, projector_file: str, projector_key: str) -> 
     beside a `text_projector/` folder holding the one Linear."""
     from safetensors.torch import save_file
 
-    from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config
+    from sdxs_rt.dev.tiny import REMOTE_CODE_FILE, text_config
 
     folder = model / "text_encoder"
     tensors = read_tensors(folder / "model.safetensors")

@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdxs_rt.bench.command import add_bench_arguments, run_bench
-from sdxs_rt.bench.presets import PRESETS, count_parameters
-from sdxs_rt.bench.runner import BenchConfig, ensure_model, psnr, run_bench_rows
+from sdxs_rt.dev.bench.command import add_bench_arguments, run_bench
+from sdxs_rt.dev.bench.presets import PRESETS, count_parameters
+from sdxs_rt.dev.bench.runner import BenchConfig, ensure_model, psnr, run_bench_rows
 
 ROW_FIELDS = (
     "text_encode",
@@ -97,7 +97,7 @@ def test_a_preset_written_as_the_fp16_variant_runs_every_path(
 
 def test_the_gpu_checks_load_the_fp16_variant_as_the_bench_builds_it(tmp_path: Path) -> None:
     """The GPU check's own functions, on the CPU: they pass the preset's variant on."""
-    from sdxs_rt.bench.correctness import CheckSetup, folded_vs_unfolded, sdxs_vs_card
+    from sdxs_rt.dev.bench.correctness import CheckSetup, folded_vs_unfolded, sdxs_vs_card
 
     preset = replace(PRESETS["tiny"], variant="fp16")
     setup = CheckSetup(ensure_model(preset, tmp_path), "fp16", device="cpu", precision="fp32")
@@ -112,7 +112,7 @@ def test_a_time_budget_cuts_paths_and_gives_compile_paths_what_is_left(
 ) -> None:
     """Eager paths keep their own limit; the compile path, run last, gets the rest of the budget,
     and running out of it is "over-budget", not a failure."""
-    from sdxs_rt.bench import runner
+    from sdxs_rt.dev.bench import runner
 
     limits: dict[str, float] = {}
 
@@ -134,7 +134,7 @@ def test_a_time_budget_cuts_paths_and_gives_compile_paths_what_is_left(
 
 
 def test_the_cli_path_choices_match_the_runner() -> None:
-    from sdxs_rt.bench.command import PATH_NAMES
-    from sdxs_rt.bench.runner import ALL_PATHS
+    from sdxs_rt.dev.bench.command import PATH_NAMES
+    from sdxs_rt.dev.bench.runner import ALL_PATHS
 
     assert PATH_NAMES == ALL_PATHS

@@ -12,10 +12,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from sdxs_rt.bench.reference import CardRun  # noqa: E402
-from sdxs_rt.bench.reference import card_image as run_card_image  # noqa: E402
+from sdxs_rt.dev.bench.reference import CardRun  # noqa: E402
+from sdxs_rt.dev.bench.reference import card_image as run_card_image  # noqa: E402
+from sdxs_rt.dev.tiny import build_tiny_model  # noqa: E402
 from sdxs_rt.pipeline import Pipeline  # noqa: E402
-from sdxs_rt.tiny import build_tiny_model  # noqa: E402
 
 PROMPT, NEGATIVE = "кот", "bad quality"
 SEED, STEPS, SIZE, GUIDANCE = 1234, 12, 128, 5.5
@@ -27,7 +27,7 @@ def card_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def card_image(model: Path) -> np.ndarray:
-    """The card's algorithm (one copy, in sdxs_rt.bench.reference) fed the contract's noise."""
+    """The card's algorithm (one copy, in sdxs_rt.dev.bench.reference) fed the contract's noise."""
     run = CardRun(PROMPT, NEGATIVE, SEED, STEPS, SIZE, GUIDANCE)
     result = run_card_image(model, run)
     # initial latents + one draw per step with t > 0 (DDPM adds no noise at t = 0)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sdxs_rt.cli import main
+from sdxs_rt.commands.cli import main
 from sdxs_rt.loading import read_json_config
 from sdxs_rt.model_report_text import OK_LINE
 from tests.published_layout import fake_hub_cache, read_tensors
@@ -242,7 +242,7 @@ def test_check_imports_no_torch_and_is_fast(tiny_model: Path) -> None:
     script = (
         "import sys, time\n"
         "start = time.perf_counter()\n"
-        "from sdxs_rt.cli import main\n"
+        "from sdxs_rt.commands.cli import main\n"
         f"code = main(['check', {str(tiny_model)!r}])\n"
         "heavy = sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules))\n"
         "print('RESULT', code, heavy, round(time.perf_counter() - start, 3))\n"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxs_rt.cli import SCHEDULERS, main
+from sdxs_rt.commands.cli import build_parser, main
 from sdxs_rt.metadata import read_metadata
-from sdxs_rt.samplers import SCHEDULER_NAMES
+from sdxs_rt.scheduler_table import SCHEDULER_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--size", "128x128", "--steps", "3"]
@@ -31,7 +31,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def test_help_is_fast_and_imports_no_torch() -> None:
     code = (
         "import sys, time; t = time.perf_counter()\n"
-        "from sdxs_rt.cli import main\n"
+        "from sdxs_rt.commands.cli import main\n"
         "try:\n    main(['generate', '--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'onnxruntime', 'tensorrt', 'diffusers', 'transformers', 'numpy'}\n"
         "assert not heavy & {m.split('.')[0] for m in sys.modules}, sys.modules.keys()\n"
@@ -43,8 +43,10 @@ def test_help_is_fast_and_imports_no_torch() -> None:
     assert float(done.stdout.strip().splitlines()[-1]) < 1.0
 
 
-def test_scheduler_choices_match_the_samplers() -> None:
-    assert tuple(SCHEDULERS) == tuple(SCHEDULER_NAMES)
+def test_every_sampler_is_a_scheduler_choice() -> None:
+    for name in SCHEDULER_NAMES:
+        args = build_parser().parse_args(["generate", "x", "--scheduler", name])
+        assert args.scheduler == name
 
 
 def test_generate_writes_png_with_metadata_and_json(capsys, tmp_path: Path) -> None:
@@ -160,7 +162,7 @@ def test_unwritable_output_folder(capsys, tmp_path: Path, monkeypatch) -> None:
 
 
 def test_broken_model_files_exit_3(capsys, tmp_path: Path) -> None:
-    from sdxs_rt.tiny import build_tiny_model
+    from sdxs_rt.dev.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m")
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
@@ -208,7 +210,7 @@ def test_sigint_in_a_real_process(tmp_path: Path) -> None:
     argv = [
         sys.executable,
         "-m",
-        "sdxs_rt.cli",
+        "sdxs_rt.commands.cli",
         "generate",
         "x",
         "--count",
@@ -237,7 +239,15 @@ def test_a_plain_run_prints_only_its_own_lines(tmp_path: Path) -> None:
     """No third-party notice (transformers' model-type warning, bitsandbytes, diffusers)
     reaches stderr of a normal run; each library resets its logger at import, so this needs
     a fresh process."""
-    argv = [sys.executable, "-m", "sdxs_rt.cli", "generate", "a red circle", "--steps", "2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sdxs_rt.commands.cli",
+        "generate",
+        "a red circle",
+        "--steps",
+        "2",
+    ]
     argv += ["-o", str(tmp_path / "a.png"), "--seed", "1"]
     env = {k: v for k, v in os.environ.items() if not k.endswith("_VERBOSITY")}
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)

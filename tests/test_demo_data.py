@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdxs_rt.training.demo_check import accuracy, fill_ratio, matches, measure, shape_guess
-from sdxs_rt.training.demo_data import (
+from sdxs_rt.dev.demo.check import accuracy, fill_ratio, matches, measure, shape_guess
+from sdxs_rt.dev.demo.data import (
     COLOURS,
     SHAPES,
     Combination,

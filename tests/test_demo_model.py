@@ -7,12 +7,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdxs_rt.cli import main
+from sdxs_rt.commands.cli import main
+from sdxs_rt.dev.demo import components as parts
+from sdxs_rt.dev.demo.check import measure
+from sdxs_rt.dev.demo.data import split_combinations
+from sdxs_rt.dev.demo.model import DemoRecipe, build_demo_model, evaluate
 from sdxs_rt.loading import default_model_path, native_image_size, resolve_model
-from sdxs_rt.training import demo_components as parts
-from sdxs_rt.training.demo_check import measure
-from sdxs_rt.training.demo_data import split_combinations
-from sdxs_rt.training.demo_model import DemoRecipe, build_demo_model, evaluate
 
 
 def test_packaged_default_is_the_trained_demo_at_64_px() -> None:

@@ -21,8 +21,8 @@ from sdxs_rt_desktop.preview import (
     shipped_dir,
 )
 
+from sdxs_rt.dev.demo.data import COLOURS
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
-from sdxs_rt.training.demo_data import COLOURS
 
 PROMPT = "a red circle on a blue background"
 SEED = 0  # not among the fit's seeds (FIT_SEED and on)

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdxs_rt.bench.preflight import stale_files  # noqa: E402
+from sdxs_rt.dev.bench.preflight import stale_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -122,8 +122,8 @@ def _row(path: str, allocated: float, reserved: float) -> dict:
 @pytest.fixture
 def faked_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """gpu_check.main as on a GPU machine, each phase's work replaced by a canned result."""
-    from sdxs_rt.bench import gpu_check, report, runner
-    from sdxs_rt.bench import preflight as pf
+    from sdxs_rt.dev.bench import gpu_check, report, runner
+    from sdxs_rt.dev.bench import preflight as pf
 
     rows = [_row("reference", 7000.0, 7400.0), _row("torch", 5600.0, 6100.0)]
     rows.append({"path": "torch-compile", "status": "over-budget", "reason": "stopped"})
@@ -153,7 +153,7 @@ def faked_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
 def test_on_cuda_the_summary_has_phases_checks_tests_and_peak_vram(
     faked_cuda: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sdxs_rt.bench import gpu_check
+    from sdxs_rt.dev.bench import gpu_check
 
     assert gpu_check.main(["--tests", "--budget-s", "400"]) == 0
     out = capsys.readouterr().out
@@ -171,7 +171,7 @@ def test_on_cuda_the_summary_has_phases_checks_tests_and_peak_vram(
 
 
 def test_on_cuda_a_failed_check_fails_the_run(faked_cuda: dict, tmp_path: Path) -> None:
-    from sdxs_rt.bench import gpu_check
+    from sdxs_rt.dev.bench import gpu_check
 
     faked_cuda["checks"][1].update(ok=False, psnr_db=20.0)
     assert gpu_check.main(["--tests", "--skip-bench"]) == gpu_check.EXIT_FAILED
@@ -181,7 +181,7 @@ def test_on_cuda_a_failed_check_fails_the_run(faked_cuda: dict, tmp_path: Path) 
 def test_on_cuda_a_crashed_phase_still_writes_the_report(
     faked_cuda: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdxs_rt.bench import gpu_check, runner
+    from sdxs_rt.dev.bench import gpu_check, runner
 
     def disk_full(preset: object, cache: object) -> Path:
         raise OSError("No space left on device")

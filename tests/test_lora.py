@@ -250,7 +250,7 @@ def test_other_formats_are_refused_clearly(tmp_path: Path) -> None:
 
 
 def _generate(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from sdxs_rt.cli import main
+    from sdxs_rt.commands.cli import main
 
     common = ["generate", "a red circle", "--size", "64x64", "--steps", "2", "--seed", "3"]
     code = main([*common, "--quiet", "--json", *argv])
@@ -263,7 +263,7 @@ def test_cli_lora_equals_merge_lora_folder(
 ) -> None:
     from PIL import Image
 
-    from sdxs_rt.cli import main
+    from sdxs_rt.commands.cli import main
     from sdxs_rt.metadata import read_metadata
 
     merged = tmp_path / "merged"
@@ -298,7 +298,7 @@ def test_cli_lora_with_onnx_backend_is_a_usage_error(
 def test_cli_missing_lora_and_merge_errors(
     tiny_model: Path, lora: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sdxs_rt.cli import main
+    from sdxs_rt.commands.cli import main
 
     missing = ["--lora", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.png")]
     assert _generate(missing, capsys)[0] == EXIT_USAGE

@@ -22,9 +22,9 @@ pytest.importorskip("diffusers")
 
 from sdxs_rt.backends.torch.low_vram import LOW_VRAM_TILE_SIZE  # noqa: E402
 from sdxs_rt.backends.torch.vae import TorchVAEDecoder  # noqa: E402
-from sdxs_rt.cli import build_parser, main  # noqa: E402
+from sdxs_rt.commands.cli import build_parser, main  # noqa: E402
+from sdxs_rt.commands.generate_run import backend_options  # noqa: E402
 from sdxs_rt.errors import UsageError  # noqa: E402
-from sdxs_rt.generate_command import backend_options  # noqa: E402
 from sdxs_rt.pipeline import Pipeline  # noqa: E402
 
 LOW_VRAM = {"low_vram": True}
@@ -149,7 +149,7 @@ def test_peak_memory_of_the_card_layout_at_576(tmp_path: Path) -> None:
     """The card's 2.26B U-Net with an XLM-R-large text tower (bench preset `full`, random
     weights), 576x576, batch 1, guidance 5.5, fp16: low-VRAM within 6 GB; normal mode printed."""
     _needs_cuda()
-    from sdxs_rt.bench.presets import build_preset_model, get_preset
+    from sdxs_rt.dev.bench.presets import build_preset_model, get_preset
 
     model = str(build_preset_model(get_preset("full"), tmp_path / "full"))
     peaks = {

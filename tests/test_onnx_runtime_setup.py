@@ -133,7 +133,7 @@ class NoisySession(real_session):
 
 
 onnxruntime.InferenceSession = NoisySession
-from sdxs_rt.cli import main
+from sdxs_rt.commands.cli import main
 
 sys.exit(main(sys.argv[1:]))
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdxs_rt.cli import main
+from sdxs_rt.commands.cli import main
 from sdxs_rt.errors import UsageError
 from sdxs_rt.hub import check_revision
 from sdxs_rt.metadata import read_metadata

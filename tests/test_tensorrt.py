@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 
 from sdxs_rt.backends.tensorrt import builder as builder_module
-from sdxs_rt.backends.tensorrt import cache, commands, profile
+from sdxs_rt.backends.tensorrt import cache, profile
 from sdxs_rt.backends.tensorrt.build_mode import FP16_FLAG, LEGACY_WEAKLY_TYPED, STRONGLY_TYPED
 from sdxs_rt.backends.tensorrt.cache import EngineKey
 from sdxs_rt.backends.tensorrt.environment import Environment, check_engine
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
+from sdxs_rt.commands import engine as commands
 from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import (
     GraphEntry,
@@ -989,7 +990,7 @@ def test_tokenizer_matches_transformers() -> None:
 def engine_cli(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="sdxs-rt")
     subcommands = parser.add_subparsers(dest="command")
-    commands.add_engine_parser(subcommands)
+    commands.add_parser(subcommands)
     export = subcommands.add_parser("export").add_subparsers(dest="format")
     commands.add_engine_arguments(export.add_parser("tensorrt"))
     return parser.parse_args(argv)
@@ -1008,12 +1009,12 @@ def test_engine_build_and_list(
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 3 and "unet: building the TensorRT engine" in err
     assert "the engines cover 64..128 px per side, batch 1..2" in err
-    assert commands.run_engine(engine_cli("engine", "list")) == 0
+    assert commands.run(engine_cli("engine", "list")) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["KEY", "GRAPH", "MODEL"]
     assert len(table) == 4 and "abc1234567" in table[1] and "64-128px b1-2" in table[1]
     assert "Test GPU (sm 8.9)" in table[1]
-    assert commands.run_engine(engine_cli("engine", "list", "--json")) == 0
+    assert commands.run(engine_cli("engine", "list", "--json")) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {row["graph"] for row in rows} == set(builder_module.RUNTIME_GRAPHS)
     assert rows[0]["tensorrt_version"] == here.tensorrt_version and rows[0]["size_bytes"] > 0
@@ -1028,14 +1029,14 @@ def test_engine_build_again_says_cached_and_clear_removes(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     build = engine_cli("engine", "build", "--model", str(exported), "--min-size", "64")
-    assert commands.run_engine(build) == 0
-    assert commands.run_engine(build) == 0
+    assert commands.run(build) == 0
+    assert commands.run(build) == 0
     assert capsys.readouterr().err.count("in the cache") == 3
-    assert commands.run_engine(engine_cli("engine", "clear", "--model-hash", "nope")) == 0
+    assert commands.run(engine_cli("engine", "clear", "--model-hash", "nope")) == 0
     assert "removed 0 engine(s)" in capsys.readouterr().err
-    assert commands.run_engine(engine_cli("engine", "clear", "--model-hash", "abc")) == 0
+    assert commands.run(engine_cli("engine", "clear", "--model-hash", "abc")) == 0
     assert "removed 3 engine(s)" in capsys.readouterr().err
-    assert commands.run_engine(engine_cli("engine", "list")) == 0
+    assert commands.run(engine_cli("engine", "list")) == 0
     assert "no engines in" in capsys.readouterr().err
 
 
@@ -1056,7 +1057,7 @@ def test_profile_from_args_moves_the_default_opt_size_into_range() -> None:
             engine_cli("engine", "build", "--model", "m", "--max-size", "1000")
         )
     with pytest.raises(UsageError, match="choose an action"):
-        commands.run_engine(engine_cli("engine"))
+        commands.run(engine_cli("engine"))
 
 
 def test_progress_printer_shows_top_level_phases_only() -> None:
@@ -1082,7 +1083,7 @@ def test_progress_printer_shows_top_level_phases_only() -> None:
 
 def test_the_cli_modules_import_neither_torch_nor_tensorrt() -> None:
     code = (
-        "import sys, sdxs_rt.backends.tensorrt.commands, sdxs_rt.backends.tensorrt; "
+        "import sys, sdxs_rt.commands.engine, sdxs_rt.backends.tensorrt; "
         "print(sorted(m for m in ('torch', 'tensorrt', 'numpy') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

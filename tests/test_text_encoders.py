@@ -20,10 +20,10 @@ from sdxs_rt.backends.torch.text_encoder import (  # noqa: E402
     RemoteCodeTextEncoder,
     load_text_encoder,
 )
+from sdxs_rt.dev.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
 from sdxs_rt.errors import DeviceError, ModelFormatError, ModelNotFoundError  # noqa: E402
 from sdxs_rt.loading import resolve_model  # noqa: E402
 from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder  # noqa: E402
-from sdxs_rt.tiny import REMOTE_CODE_FILE, text_config  # noqa: E402
 from tests.published_layout import read_tensors, split_text_encoder  # noqa: E402
 
 PROMPTS = [

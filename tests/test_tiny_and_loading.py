@@ -25,7 +25,7 @@ from sdxs_rt.text_encoder_files import DEFAULT_TEXT_ENCODER, resolve_text_encode
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from sdxs_rt.tiny import (  # noqa: E402
+from sdxs_rt.dev.tiny import (  # noqa: E402
     MEXMA_SIGLIP_CONFIG,
     MEXMA_SIGLIP_EARLIER_CONFIG,
     REMOTE_CODE_FILE,

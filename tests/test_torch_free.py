@@ -36,7 +36,7 @@ class RefuseHeavyPackages:
 
 
 sys.meta_path.insert(0, RefuseHeavyPackages())
-from sdxs_rt.cli import main
+from sdxs_rt.commands.cli import main
 
 code = main(sys.argv[1:])
 loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set(BLOCKED))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxs_rt.cli import build_parser
+from sdxs_rt.commands.cli import build_parser
+from sdxs_rt.commands.train import config_from_args
 from sdxs_rt.errors import ModelNotFoundError, UsageError
-from sdxs_rt.train_command import config_from_args
 from sdxs_rt.training.config import default_min_side, load_toml, make_config
 
 TOML = """
@@ -120,11 +120,11 @@ def test_help_mentions_accelerate_and_does_not_import_torch() -> None:
 
     code = (
         "import sys, contextlib, io\n"
-        "from sdxs_rt.cli import build_parser\n"
+        "from sdxs_rt.commands.cli import build_parser\n"
         "out = io.StringIO()\n"
         "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
         "    build_parser().parse_args(['train', '--help'])\n"
-        "assert 'accelerate launch -m sdxs_rt.cli train' in out.getvalue()\n"
+        "assert 'accelerate launch -m sdxs_rt.commands.cli train' in out.getvalue()\n"
         "assert '--learning-rate' in out.getvalue()\n"
         "print('torch' in sys.modules)\n"
     )

@@ -29,7 +29,7 @@ pytest.importorskip("accelerate")
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from sdxs_rt.training.demo_data import all_combinations, write_dataset  # noqa: E402
+from sdxs_rt.dev.demo.data import all_combinations, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_SECONDS = 300

@@ -13,10 +13,10 @@ pytest.importorskip("accelerate")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from sdxs_rt.dev.demo.data import all_combinations, write_dataset  # noqa: E402
 from sdxs_rt.errors import UsageError  # noqa: E402
 from sdxs_rt.training import cache as cache_module  # noqa: E402
 from sdxs_rt.training.config import make_config  # noqa: E402
-from sdxs_rt.training.demo_data import all_combinations, write_dataset  # noqa: E402
 from sdxs_rt.training.trainer import TrainEvent, TrainResult, train  # noqa: E402
 
 BASE_STEPS, CHECKPOINT_AT = 16, 8
@@ -238,7 +238,7 @@ def test_images_too_small_for_any_bucket_are_refused(tiny_model: Path, tmp_path:
 def test_cli_train_end_to_end_and_exit_codes(
     tiny_model: Path, dataset: Path, small_cache: str, tmp_path: Path, capfd: Any
 ) -> None:
-    from sdxs_rt.cli import main
+    from sdxs_rt.commands.cli import main
 
     toml = tmp_path / "train.toml"
     toml.write_text(  # min_side left to its default, derived from the resolution

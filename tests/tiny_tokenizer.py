@@ -12,7 +12,7 @@ from pathlib import Path
 
 @functools.cache
 def tiny_tokenizer_dir() -> Path:
-    from sdxs_rt import tiny
+    from sdxs_rt.dev import tiny
 
     root = Path(tempfile.mkdtemp(prefix="sdxs-tiny-tokenizer-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -104,7 +104,7 @@ def _patch_fsdp2() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from sdxs_rt.cli import main as cli_main
+    from sdxs_rt.commands.cli import main as cli_main
 
     _patch_collectives()
     if os.environ.get("SDXS_PROBE_FSDP2") == "1":

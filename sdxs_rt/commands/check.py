@@ -26,7 +26,7 @@ CHECK_EXAMPLES = """examples:
 """
 
 
-def add_check_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "check",
         help="check a model's files without loading its weights",
@@ -64,7 +64,7 @@ def add_check_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
-def run_check(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from sdxs_rt.model_report import build_report
 
     if args.deep and not args.trust_remote_code:

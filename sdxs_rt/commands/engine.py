@@ -1,4 +1,4 @@
-"""`sdxs-rt export tensorrt` and `sdxs-rt engine list|build|clear`, wired in by `sdxs_rt.cli`.
+"""`sdxs-rt export tensorrt` and `sdxs-rt engine list|build|clear`: parsers and runners.
 
 Nothing heavy at import time (`--help` stays fast): TensorRT is imported when a build starts,
 and torch is never needed here.
@@ -64,7 +64,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
-def add_engine_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """The `engine` command with its actions list, build and clear."""
     parser = commands.add_parser(
         "engine",
@@ -99,7 +99,7 @@ def run_export_tensorrt(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_engine(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from sdxs_rt.errors import UsageError
 
     if args.engine_command == "build":

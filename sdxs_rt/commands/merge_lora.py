@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def add_merge_lora_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "merge-lora",
         help="write a copy of a model with a LoRA merged into its U-Net weights",
@@ -31,7 +31,7 @@ def add_merge_lora_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no log line")
 
 
-def run_merge_lora(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from sdxs_rt.backends.torch.lora import parse_lora_spec
     from sdxs_rt.training.lora import merge_lora_into_folder
 

@@ -1,7 +1,7 @@
 """`sdxs-rt train`: fine-tune the U-Net (full or LoRA) from a TOML file and/or flags.
 
 Every setting is a TOML key and a flag of the same name (`-` for `_`); flags win. Only the
-config module (standard library) is imported to build the parser: torch loads in `run_train`.
+config module (standard library) is imported to build the parser: torch loads in `run`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TRAIN_EXAMPLES = """examples:
   sdxs-rt train --model AiArtLab/sdxs --variant fp16 --data photos/ --output-dir runs/photos \\
       --mode lora --max-steps 2000 --mixed-precision bf16
   sdxs-rt train --config train.toml --resume latest          # continue after an interruption
-  accelerate launch -m sdxs_rt.cli train --config train.toml  # several GPUs (DDP/FSDP)
+  accelerate launch -m sdxs_rt.commands.cli train --config train.toml  # several GPUs (DDP/FSDP)
 
 train.toml holds the same settings as the flags, e.g.:
   model = "AiArtLab/sdxs"
@@ -91,7 +91,7 @@ CHOICES = {
 }
 
 
-def add_train_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="fine-tune the U-Net (full or LoRA)",
@@ -133,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return make_config(toml_values, overrides)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     from sdxs_rt.training.trainer import train
 

@@ -4,7 +4,7 @@ Tests, demos and benchmarks need a model that loads through exactly the same cod
 real `AiArtLab/sdxs` (configs, folder names, weight variants, both text-encoder layouts) but
 builds in a second and weighs a few megabytes. Same seed -> same files, byte for byte.
 
-    python -m sdxs_rt.tiny OUT_DIR [--seed N] [--unet-folder sdxs] [--variant fp16] ...
+    python -m sdxs_rt.dev.tiny OUT_DIR [--seed N] [--unet-folder sdxs] [--variant fp16] ...
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Literal
 
-from sdxs_rt.tiny_files import (
+from sdxs_rt.dev.tiny_files import (
     LATENT_CHANNELS,
     TEXT_EMBED_DIM,
     perturb_zero_tensors,
@@ -21,7 +21,7 @@ from sdxs_rt.tiny_files import (
     seeded,
     write_json,
 )
-from sdxs_rt.tiny_mexma import (
+from sdxs_rt.dev.tiny_mexma import (
     MEXMA_SIGLIP_CONFIG,
     MEXMA_SIGLIP_EARLIER_CONFIG,
     REMOTE_CODE_FILE,
@@ -34,7 +34,7 @@ from sdxs_rt.tiny_mexma import (
     write_text_encoder,
     write_text_encoder_files,
 )
-from sdxs_rt.tiny_tokenizer_files import build_tokenizer, write_tokenizer
+from sdxs_rt.dev.tiny_tokenizer_files import build_tokenizer, write_tokenizer
 
 # The builders' public names, importable from here as before the split into tiny_* modules.
 __all__ = [
@@ -230,7 +230,7 @@ def build_tiny_text_encoder(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sdxs_rt.tiny", description="Build a tiny random-weight SDXS model."
+        prog="python -m sdxs_rt.dev.tiny", description="Build a tiny random-weight SDXS model."
     )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)

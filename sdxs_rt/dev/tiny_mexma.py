@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from sdxs_rt.tiny_files import (
+from sdxs_rt.dev.tiny_files import (
     TEXT_EMBED_DIM,
     perturb_zero_tensors,
     save_tensors,
     seeded,
     write_json,
 )
-from sdxs_rt.tiny_tokenizer_files import write_tokenizer
+from sdxs_rt.dev.tiny_tokenizer_files import write_tokenizer
 
 REMOTE_CODE_FILE = "mexma_siglip.py"  # the name the published config's auto_map points to
 TINY_TEXT_WIDTH = 128  # two of XLM-R's 64-wide heads: the head count is derived, not stated
@@ -50,7 +50,7 @@ MEXMA_SIGLIP_EARLIER_CONFIG: dict[str, Any] = {
 # (`text_model`, `text_projector`, `vision_model`, `logit_scale`, `logit_bias`), same
 # `encode_texts`; like the published code (MODEL.md), it never calls `post_init()`.
 REMOTE_CODE_TEMPLATE = '''\
-"""Tiny stand-in for visheratin/mexma-siglip's remote code (written by sdxs_rt.tiny)."""
+"""Tiny stand-in for visheratin/mexma-siglip's remote code (written by sdxs_rt.dev.tiny)."""
 
 import math
 

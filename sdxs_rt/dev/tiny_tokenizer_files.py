@@ -18,7 +18,7 @@ from tokenizers import (
 )
 from tokenizers.models import Unigram
 
-from sdxs_rt.tiny_files import write_json
+from sdxs_rt.dev.tiny_files import write_json
 
 TOKENIZER_MAX_LENGTH = 512
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3 as in XLM-R; <mask> comes last

@@ -76,8 +76,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write the JSON; 1 if a requested path failed
     (skipped and over-budget paths are reported in the table's notes, not failures)."""
-    from sdxs_rt.bench.report import environment, format_table, write_json
-    from sdxs_rt.bench.runner import BenchConfig, run_bench_rows
+    from sdxs_rt.dev.bench.report import environment, format_table, write_json
+    from sdxs_rt.dev.bench.runner import BenchConfig, run_bench_rows
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = BenchConfig(
@@ -103,7 +103,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.bench.command")
+    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.dev.bench.command")
     add_bench_arguments(parser)
     return run_bench(parser.parse_args(argv))
 

@@ -66,9 +66,9 @@ def sdxs_vs_card(setup: CheckSetup, size: int, steps: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from sdxs_rt.bench.reference import CardRun, card_image
-    from sdxs_rt.bench.runner import psnr
-    from sdxs_rt.bench.worker_paths import NEGATIVE, PROMPT
+    from sdxs_rt.dev.bench.reference import CardRun, card_image
+    from sdxs_rt.dev.bench.runner import psnr
+    from sdxs_rt.dev.bench.worker_paths import NEGATIVE, PROMPT
     from sdxs_rt.pipeline import Pipeline
 
     run = CardRun(PROMPT, NEGATIVE, 1234, steps, size, 5.5, setup.device, torch.float32)

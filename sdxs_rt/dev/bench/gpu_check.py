@@ -1,7 +1,7 @@
 """The ONE prepared GPU check: preflight, gpu-marked tests, correctness on CUDA, the `full` bench.
 
     scripts/gpu-check.sh     # the device command: offline install from wheelhouse/, then this
-    python -m sdxs_rt.bench.gpu_check [--tests] [--site DIR] [--budget-s 450] [--skip-bench]
+    python -m sdxs_rt.dev.bench.gpu_check [--tests] [--site DIR] [--budget-s 450] [--skip-bench]
 
 Phases, in order (estimates on one H100 in PHASE_ESTIMATES_S, BENCHMARKS.md explains them):
 preflight (imports from a fresh interpreter, the installed copy is this tree's code, the gpu
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_FAILED, EXIT_NOT_IN_PLACE, EXIT_NO_CUDA = 1, 3, 4
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # TensorRT is not on the lent GPU machines; `slow` holds a max-autotune compile that the
 # bench's torch-compile row covers at full size
 GPU_TESTS = "gpu and not tensorrt and not slow"
@@ -80,7 +80,7 @@ class Phases:
 def preflight(site: Path | None, with_tests: bool) -> dict[str, Any]:
     """Everything but the GPU: imports, the installed copy, the gpu-marked tests. The import
     probe and the test collection both start interpreters that import torch: run side by side."""
-    from sdxs_rt.bench import preflight as pf
+    from sdxs_rt.dev.bench import preflight as pf
 
     files = pf.gpu_test_files(REPO) if with_tests else []
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -101,7 +101,7 @@ def preflight(site: Path | None, with_tests: bool) -> dict[str, Any]:
 
 
 def _install_problems(site: Path, sdxs_file: str | None) -> list[str]:
-    from sdxs_rt.bench.preflight import stale_files
+    from sdxs_rt.dev.bench.preflight import stale_files
 
     problems = []
     if sdxs_file and not Path(sdxs_file).resolve().is_relative_to(site.resolve()):
@@ -132,7 +132,7 @@ def no_cuda_report(report: dict[str, Any]) -> str:
 
 def run_gpu_tests(log_file: Path) -> dict[str, Any]:
     """`pytest -m GPU_TESTS` on the files that hold gpu tests; the full output goes to a log."""
-    from sdxs_rt.bench.preflight import gpu_test_files
+    from sdxs_rt.dev.bench.preflight import gpu_test_files
 
     files = [str(f) for f in gpu_test_files(REPO)]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", GPU_TESTS, *files]
@@ -151,7 +151,7 @@ def _text(data: str | bytes | None) -> str:
 
 
 def run_checks(model: Path, variant: str | None) -> list[dict[str, Any]]:
-    from sdxs_rt.bench.correctness import CheckSetup, folded_vs_unfolded, sdxs_vs_card
+    from sdxs_rt.dev.bench.correctness import CheckSetup, folded_vs_unfolded, sdxs_vs_card
 
     setup = CheckSetup(model, variant, "cuda", "fp16")
     checks = []
@@ -171,7 +171,7 @@ def run_checks(model: Path, variant: str | None) -> list[dict[str, Any]]:
 
 
 def run_bench(preset: str, budget_s: float) -> tuple[int, dict[str, Any]]:
-    from sdxs_rt.bench.command import main as bench_main
+    from sdxs_rt.dev.bench.command import main as bench_main
 
     json_out = out_dir() / f"bench-{preset}.json"
     args = ["--preset", preset, "--device", "cuda", "--json-out", str(json_out)]
@@ -198,7 +198,7 @@ def peak_vram(bench: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.bench.gpu_check")
+    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.dev.bench.gpu_check")
     parser.add_argument("--preset", default="full")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--tests", action="store_true", help="collect and run the gpu tests")
@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, phases: Phases, report: dict[str, Any]) -> int:
-    from sdxs_rt.bench.preflight import cuda_report
-    from sdxs_rt.bench.report import environment
+    from sdxs_rt.dev.bench.preflight import cuda_report
+    from sdxs_rt.dev.bench.report import environment
 
     with phases.phase("preflight"):
         report["preflight"] = preflight(args.site, args.tests)
@@ -242,8 +242,8 @@ def _run(args: argparse.Namespace, phases: Phases, report: dict[str, Any]) -> in
 
 
 def _on_cuda(args: argparse.Namespace, phases: Phases, report: dict[str, Any]) -> int:
-    from sdxs_rt.bench.presets import get_preset
-    from sdxs_rt.bench.runner import BenchConfig, bench_cache, ensure_model
+    from sdxs_rt.dev.bench.presets import get_preset
+    from sdxs_rt.dev.bench.runner import BenchConfig, bench_cache, ensure_model
 
     failed = False
     if args.tests:

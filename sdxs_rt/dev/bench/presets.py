@@ -1,6 +1,6 @@
-"""Benchmark presets: random-weight SDXS-format models of three sizes, written like `sdxs_rt.tiny`.
+"""Benchmark presets: random-weight SDXS-format models of three sizes, built like `dev.tiny`.
 
-- `tiny`: the test model of `sdxs_rt.tiny` (seconds; a CI smoke check).
+- `tiny`: the test model of `sdxs_rt.dev.tiny` (seconds; a CI smoke check).
 - `cpu-small`: the card's U-Net topology (4 cross-attention levels, 2 layers per block,
   [4, 6, 8, 10] transformer layers) at half the channel widths, the card's 16-channel VAE,
   a reduced XLM-R-shaped text tower, 384x384, 8 steps.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdxs_rt import tiny
+from sdxs_rt.dev import tiny
 
 HEAD_WIDTH = 48
 CARD_CHANNELS = (384, 576, 768, 960)
@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
         TINY_TEXT_TOWER,
         128,
         4,
-        notes="the sdxs_rt.tiny test model",
+        notes="the sdxs_rt.dev.tiny test model",
     ),
     "cpu-small": Preset(
         "cpu-small",

@@ -1,6 +1,6 @@
 """Where a sampler step's time goes: `torch.profiler` over U-Net calls of the torch path.
 
-    python -m sdxs_rt.bench.profile --preset cpu-small [--device cpu] [--steps 2]
+    python -m sdxs_rt.dev.bench.profile --preset cpu-small [--device cpu] [--steps 2]
 
 Groups the ops by self time into conv/GEMM, attention, norms and other (on CUDA the gap
 between summed kernel time and wall time is the launch/idle gap).
@@ -31,8 +31,8 @@ def profile_unet(preset: str, device: str, calls: int) -> tuple[list[Any], float
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from sdxs_rt.bench.presets import get_preset
-    from sdxs_rt.bench.runner import BenchConfig, bench_cache, ensure_model
+    from sdxs_rt.dev.bench.presets import get_preset
+    from sdxs_rt.dev.bench.runner import BenchConfig, bench_cache, ensure_model
     from sdxs_rt.pipeline import Pipeline
 
     spec = get_preset(preset)
@@ -69,7 +69,7 @@ def summarize(events: list[Any], wall: float, calls: int, top: int = 12) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.bench.profile")
+    parser = argparse.ArgumentParser(prog="python -m sdxs_rt.dev.bench.profile")
     parser.add_argument("--preset", default="cpu-small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=2, help="U-Net calls profiled")

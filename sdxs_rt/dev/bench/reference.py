@@ -2,7 +2,7 @@
 
 `encode_prompt`, `generate_latents` and `decode_latents` are the card's functions with their
 globals made arguments. The text encoder is loaded the card's way: `AutoModel(...,
-trust_remote_code=True)` on the remote code that `sdxs_rt.tiny` / the bench presets write, and
+trust_remote_code=True)` on the remote code that `sdxs_rt.dev.tiny` / the bench presets write, and
 its `encode_texts` on prompts padded to 512 tokens. The U-Net is diffusers'
 `UNet2DConditionModel` (eager), the scheduler `DDPMScheduler`, whose per-step noise
 (`randn_tensor`) is replaced by the contract's stream (`sdxs_rt.rng.ImageNoise`), so the image

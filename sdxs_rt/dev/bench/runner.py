@@ -1,6 +1,6 @@
 """Time the card's algorithm and every sdxs-rt path on the same random weights, seed and noise.
 
-Each path runs in a fresh subprocess (`python -m sdxs_rt.bench.runner JOB.json`), so peak RSS
+Each path runs in a fresh subprocess (`python -m sdxs_rt.dev.bench.runner JOB.json`), so peak RSS
 and peak CUDA memory belong to that path alone. The parent builds the model once into
 `$SDXS_RT_CACHE/bench/<preset>` (reused next run), then compares the rows.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sdxs_rt.bench.presets import Preset, build_preset_model, get_preset
+from sdxs_rt.dev.bench.presets import Preset, build_preset_model, get_preset
 
 SDXS_PATHS = ("torch", "torch-bf16", "torch-cuda-graphs", "torch-compile", "onnx")
 ALL_PATHS = ("reference", *SDXS_PATHS)
@@ -201,7 +201,7 @@ def run_in_subprocess(job: Job, timeout_s: float) -> dict[str, Any]:
     job_file = Path(job.out_dir) / f"job-{job.path}.json"
     result_file = job_file.with_name(f"result-{job.path}.json")
     job_file.write_text(json.dumps(asdict(job)))
-    cmd = [sys.executable, "-m", "sdxs_rt.bench.runner", str(job_file)]
+    cmd = [sys.executable, "-m", "sdxs_rt.dev.bench.runner", str(job_file)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -237,7 +237,7 @@ def compare_rows(rows: list[dict[str, Any]], work: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Worker entry point: run one job file, write `result-<path>.json` beside it."""
-    from sdxs_rt.bench import worker_paths
+    from sdxs_rt.dev.bench import worker_paths
 
     job_file = Path((argv or sys.argv[1:])[0])
     job = Job(**json.loads(job_file.read_text()))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from sdxs_rt.bench.runner import Job
+    from sdxs_rt.dev.bench.runner import Job
 
 PROMPT, NEGATIVE = "a red circle on a white background", ""
 
@@ -94,7 +94,7 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _reference(job: Job, row: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     import torch
 
-    from sdxs_rt.bench.reference import CardRun, load_card_model, run_card
+    from sdxs_rt.dev.bench.reference import CardRun, load_card_model, run_card
 
     dtype = torch.float16 if job.device.startswith("cuda") else torch.float32  # the card's
     row["precision"] = "fp16" if dtype == torch.float16 else "fp32"
@@ -128,7 +128,7 @@ def _load_pipeline(job: Job, row: dict[str, Any]) -> Any:
         _ensure_onnx(job)
         row["precision"] = "fp32"
         return Pipeline.from_pretrained(job.onnx_dir, backend="onnx", device=job.device)
-    from sdxs_rt.bench.runner import PATH_PRECISION, TORCH_OPTIONS
+    from sdxs_rt.dev.bench.runner import PATH_PRECISION, TORCH_OPTIONS
 
     default = "fp16" if job.device.startswith("cuda") else "fp32"
     precision = PATH_PRECISION.get(job.path, default)

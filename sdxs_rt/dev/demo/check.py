@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
-from sdxs_rt.training.demo_data import BORDER, COLOURS, Combination
+from sdxs_rt.dev.demo.data import BORDER, COLOURS, Combination
 
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in COLOUR_NAMES], dtype=np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdxs_rt import tiny
+from sdxs_rt.dev import tiny
 
 Log = Callable[[str], None]
 

@@ -1,6 +1,6 @@
 """The recipe of the packaged demo model: one command, fixed seeds, about 20 minutes on 2 cores.
 
-    python -m sdxs_rt.training.demo_model OUT_DIR [--work-dir DIR]
+    python -m sdxs_rt.dev.demo.model OUT_DIR [--work-dir DIR]
 
 1. draw the shapes dataset (training combinations only; the held-out ones are never drawn),
 2. train a tiny 16-channel VAE on it and whiten its latents (shift/scale from statistics),
@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sdxs_rt import tiny
-from sdxs_rt.training import demo_components as parts
-from sdxs_rt.training.demo_data import (
+from sdxs_rt.dev import tiny
+from sdxs_rt.dev.demo import components as parts
+from sdxs_rt.dev.demo.data import (
     COLOURS,
     LANGUAGES,
     SHAPES,
@@ -211,8 +211,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Generate every combination's caption in every language with every seed (the CLI's
     defaults unless `generation` overrides them) and check the colours from pixels."""
+    from sdxs_rt.dev.demo.check import matches
     from sdxs_rt.pipeline import Pipeline
-    from sdxs_rt.training.demo_check import matches
 
     pipe = Pipeline.from_pretrained(None if model is None else str(model))
     right, misses = 0, []
@@ -244,7 +244,7 @@ def accuracy_figures(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sdxs_rt.training.demo_model",
+        prog="python -m sdxs_rt.dev.demo.model",
         description="Train the built-in demo model (shapes in colours) from scratch on the CPU.",
     )
     parser.add_argument("out_dir", type=Path, help="where the finished model folder goes")

@@ -1,0 +1,217 @@
+"""`sdxs-rt generate`: its parser, and reading the prompts and size from the arguments.
+
+The run itself lives in `generate_run` (it imports numpy and the pipeline); this module stays
+light so `sdxs-rt --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from sdxs_rt.errors import UsageError
+from sdxs_rt.scheduler_table import SCHEDULER_NAMES
+
+BACKENDS = ("torch", "onnx", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+GENERATE_EXAMPLES = """examples:
+  sdxs-rt generate "a red circle on a blue background"          # built-in tiny model, offline
+  sdxs-rt generate "кот" --model AiArtLab/sdxs --variant fp16 --device cuda --precision fp16
+  sdxs-rt generate -p "a lighthouse at dawn" --seed 42 --count 4 -o "out/{seed}.png"
+  sdxs-rt generate --prompt-file prompts.txt --json > results.jsonl
+"""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "generate",
+        help="generate images from a prompt",
+        description="Generate images from text prompts.",
+        epilog=GENERATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt_arg", nargs="?", metavar="PROMPT", help="the prompt")
+    p.add_argument("-p", "--prompt", help="the prompt (instead of the positional argument)")
+    p.add_argument("--prompt-file", help="a text file with one prompt per line")
+    p.add_argument("-n", "--negative-prompt", default="", help='negative prompt (default "")')
+    p.add_argument("--steps", type=int, default=40, help="sampling steps (default 40)")
+    p.add_argument(
+        "--cfg",
+        "--guidance-scale",
+        dest="cfg",
+        type=float,
+        default=5.5,
+        help="classifier-free guidance scale (default 5.5; <= 1 runs one branch)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=-1, help="seed; -1 or absent: random (always printed)"
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="width in px, a multiple of 64 (default: the model's, 576 for SDXS)",
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="height in px, a multiple of 64 (default: the model's, 576 for SDXS)",
+    )
+    p.add_argument("--size", help="WxH, e.g. 576x448 (instead of --width/--height)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--count", type=int, default=1, help="how many batches (default 1)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="file, folder or pattern with {seed}, {index}, {date} (default outputs/)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULER_NAMES,
+        default=None,
+        help="sampler (default: the model's own scheduler)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (default); onnx or tensorrt take a folder written by 'sdxs-rt export onnx'",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml "
+        "(default: cpu; cuda for the tensorrt backend)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="default: fp32 for torch, the exported graphs' for onnx, fp16 for tensorrt",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusers-format folder or hub id (default: the built-in tiny model)",
+    )
+    p.add_argument(
+        "--variant", choices=("fp16",), default=None, help="load the model card's fp16 weight files"
+    )
+    p.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="hub revision (branch, tag or commit) of --model; pin a commit for reproducible runs",
+    )
+    p.add_argument(
+        "--text-encoder",
+        default=None,
+        help="text encoder folder or hub id (default: the model's own, "
+        "else visheratin/mexma-siglip)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load the text encoder with its own Python code from the hub; this RUNS "
+        "CODE DOWNLOADED FROM THE HUB on your machine (default: the native loader)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch on CUDA: capture the U-Net step as a CUDA graph per shape",
+    )
+    p.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="torch: torch.compile the U-Net (default, reduce-overhead, max-autotune, "
+        "max-autotune-no-cudagraphs)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="torch: channels-last memory format"
+    )
+    p.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="torch: keep the text encoder on the CPU except while encoding a new prompt",
+    )
+    p.add_argument(
+        "--low-vram",
+        action="store_true",
+        help="torch: for small cards (about 6 GB at 576x576 in fp16, estimated): the U-Net stays "
+        "on the GPU, the text encoder and VAE wait on the CPU between uses, the VAE decodes in "
+        "256-px tiles",
+    )
+    p.add_argument(
+        "--preview-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write a preview of the image every N steps",
+    )
+    p.add_argument("--preview-path", default=None, metavar="P", help="where previews go")
+    p.add_argument("--no-metadata", action="store_true", help="do not embed generation metadata")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per image on stdout (logs go to stderr)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
+        "strength SCALE (default 1.0); repeatable",
+    )
+
+
+SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """--size WxH or --width/--height; the two forms are exclusive. None: the model's size."""
+    if args.size is not None:
+        if args.width is not None or args.height is not None:
+            raise UsageError("give either --size or --width/--height, not both")
+        match = SIZE_PATTERN.match(args.size)
+        if not match:
+            raise UsageError(f"--size must look like 576x448, got {args.size!r}")
+        return int(match.group(1)), int(match.group(2))
+    return args.width, args.height
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    given = [v for v in (args.prompt_arg, args.prompt, args.prompt_file) if v is not None]
+    if len(given) > 1:
+        raise UsageError("give the prompt once: as an argument, with -p, or with --prompt-file")
+    if args.prompt_file is not None:
+        prompts = _read_prompt_file(args.prompt_file)
+    else:
+        prompts = [given[0]] if given else []
+    if not prompts or not all(p.strip() for p in prompts):
+        raise UsageError("the prompt is empty; give one as an argument, with -p or --prompt-file")
+    return prompts
+
+
+def _read_prompt_file(path: str) -> list[str]:
+    from sdxs_rt.errors import ModelNotFoundError
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    except FileNotFoundError:
+        raise ModelNotFoundError(f"prompt file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read prompt file {path}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from sdxs_rt.commands.generate_run import run_generate
+
+    return run_generate(args, prompts=read_prompts(args), given_size=parse_size(args))
