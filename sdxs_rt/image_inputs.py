@@ -4,6 +4,17 @@ An init image is loaded as RGB, fitted to the request's size and turned into a (
 array in [-1, 1] for the VAE encoder. A mask (mode "L": white 255 = repaint, black 0 = keep) is
 feathered, averaged down to the latent grid for blended denoising, and used at the end to paste
 the original pixels back outside it. Outpainting grows the canvas and masks the new area.
+
+Resize rule (`fit_to_size`, the `resize_mode` of a request), Lanczos for images:
+  "crop"     scale, keeping the aspect ratio, until the image covers the target, then cut the
+             centre out (A1111's "Crop and resize"); nothing is distorted, the overhang is lost.
+  "stretch"  resize straight to the target, ignoring the aspect ratio (A1111's "Just resize").
+A mask goes through the same geometry with bilinear filtering (no ringing around its edges).
+
+Files: a missing file is ModelNotFoundError (exit 3, as for a missing image in `sdxs-rt info`);
+a folder, a file Pillow cannot decode, a damaged one or a floating-point image is UsageError
+(exit 2). 16-bit greyscale is scaled to 8 bits (65535 -> 255), not clipped as Pillow's own
+conversion does; EXIF orientation is applied.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import hashlib
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +41,14 @@ FILL_MODES: tuple[FillMode, ...] = ("edge", "mean")
 DEFAULT_MASK_BLUR = 4  # pixels, A1111's "Mask blur" default
 OUTPAINT_MULTIPLE = 64  # keeps the grown canvas a valid generation size
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+OUTPAINT_NUMBER = re.compile(r"-?[0-9]+")  # a minus sign parses, to be refused by name
+SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 # Strong enough that repeated border pixels read as colour, not as streaks, to the U-Net.
 EDGE_FILL_BLUR = 32
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 MAX_HASHED_FILES = 10_000  # find_by_hash gives up rather than read a whole photo library
+MAX_SUGGESTED_STEPS = 1000  # no schedule has more timesteps than its 1000 training ones
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})  # "I": older 16-bit PNGs
 
 
 # ---------------------------------------------------------------- loading
@@ -66,7 +82,7 @@ def load_image(path: PathLike, what: str = "init image") -> Image.Image:
     Alpha is dropped and the colour kept, not composited onto a background: the mask, not the
     alpha, says what to repaint, and a made-up background colour would become image content.
     """
-    image = open_image(path, what)
+    image = eight_bit(open_image(path, what), path, what)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow's own route for palette transparency
     return image.convert("RGB")
@@ -79,11 +95,27 @@ def load_mask(path: PathLike) -> Image.Image:
     a brush painted on transparency (as other tools export masks), so its alpha is the mask
     (opaque = repaint). Any other image is converted to greyscale, ignoring alpha.
     """
-    image = open_image(path, "mask")
+    image = eight_bit(open_image(path, "mask"), path, "mask")
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     alpha = painted_alpha(image)
     return alpha if alpha is not None else image.convert("L")
+
+
+def eight_bit(image: Image.Image, path: PathLike, what: str) -> Image.Image:
+    """16-bit greyscale as "L" (value / 257, so 65535 -> 255); other modes unchanged.
+
+    Pillow's own "I;16" -> "L"/"RGB" conversion clips at 255, which would turn a 16-bit photo
+    white. Floating-point images have no agreed range, so they are refused.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        pixels = np.asarray(image).astype(np.float64) / 257.0
+        return Image.fromarray(np.rint(pixels).clip(0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        raise UsageError(
+            f"{what} {path} has floating-point pixels; save it as an 8- or 16-bit image"
+        )
+    return image
 
 
 def painted_alpha(image: Image.Image) -> Image.Image | None:
@@ -193,13 +225,13 @@ def paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image)
 def parse_outpaint(text: str) -> tuple[int, int, int, int]:
     """ "LEFT,RIGHT,TOP,BOTTOM" in pixels (e.g. "64,64,0,0"), checked as `outpaint` checks it."""
     parts = [part.strip() for part in text.split(",")]
-    try:
-        left, right, top, bottom = (int(part) for part in parts)
-    except ValueError:
+    # ASCII digits only: int() would also take "6_4", "+64" or other scripts' digits.
+    if len(parts) != len(OUTPAINT_SIDES) or not all(OUTPAINT_NUMBER.fullmatch(p) for p in parts):
         raise UsageError(
             f"outpaint takes four whole numbers of pixels LEFT,RIGHT,TOP,BOTTOM "
             f"such as 64,64,0,0, got {text!r}"
-        ) from None
+        )
+    left, right, top, bottom = (int(part) for part in parts)
     check_outpaint_amounts(left, right, top, bottom)
     return left, right, top, bottom
 
@@ -212,8 +244,9 @@ def check_outpaint_amounts(left: int, right: int, top: int, bottom: int) -> None
 
 
 def check_outpaint_amount(side: str, amount: object) -> None:
-    if isinstance(amount, bool) or not isinstance(amount, int):
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Integral):
         raise UsageError(f"outpaint {side} must be a whole number of pixels, got {amount!r}")
+    amount = int(amount)
     if amount < 0:
         raise UsageError(f"outpaint {side} must be 0 or more pixels, got {amount}")
     if amount % OUTPAINT_MULTIPLE:
@@ -275,6 +308,8 @@ def find_by_hash(folder: PathLike, sha256: str, max_files: int = MAX_HASHED_FILE
     Not recursive; only image suffixes; files are tried in name order and the search stops after
     `max_files` of them, so a huge folder costs a bounded time.
     """
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+        raise UsageError(f"{sha256!r} is not a SHA-256 hash (64 hexadecimal digits)")
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelNotFoundError(f"folder {folder} does not exist")
@@ -311,20 +346,28 @@ def check_strength(strength: float) -> None:
 def steps_kept(steps: int, strength: float) -> int:
     """How many of `steps` timesteps img2img runs (the last ones), as diffusers counts them."""
     check_strength(strength)
-    if steps < 1:
-        raise UsageError(f"steps must be at least 1, got {steps}")
+    check_step_count(steps)
     kept = min(int(steps * strength), steps)
     if kept == 0:
+        more_steps = ""
+        if strength * MAX_SUGGESTED_STEPS >= 1:
+            more_steps = f" or the steps to at least {least_steps(strength)}"
         raise UsageError(
             f"strength {strength:g} with {steps} steps leaves no step to run; raise the strength "
-            f"to at least {least_strength(steps):g} or the steps to at least "
-            f"{least_steps(strength)}"
+            f"to at least {least_strength(steps):g}{more_steps}"
         )
     return kept
 
 
+def check_step_count(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise UsageError(f"steps must be a whole number of at least 1, got {steps!r}")
+
+
 def least_strength(steps: int) -> float:
-    # Three decimals, rounded up until the float product really reaches one step (1/49 * 49 < 1).
+    """The least strength with three decimals for which `steps` steps keep at least one."""
+    check_step_count(steps)
+    # Rounded up, then up again while the float product misses one step (1/49 * 49 < 1).
     thousandths = math.ceil(1000 / steps)
     while int(steps * (thousandths / 1000)) < 1:
         thousandths += 1
@@ -332,7 +375,13 @@ def least_strength(steps: int) -> float:
 
 
 def least_steps(strength: float) -> int:
-    steps = math.ceil(1 / strength)
+    """The fewest steps for which `strength` keeps at least one."""
+    check_strength(strength)
+    inverse = 1 / strength
+    if not math.isfinite(inverse):
+        raise UsageError(f"strength {strength:g} is too small to leave a step at any step count")
+    # floor, not ceil: 1 / strength may round up past the whole number that already works.
+    steps = max(1, math.floor(inverse))
     while int(steps * strength) < 1:
         steps += 1
     return steps
