@@ -26,8 +26,9 @@ from sdxs_rt_desktop.worker import (
     error_message,
 )
 
+from sdxs_rt.backend_table import find_backend, import_backend
 from sdxs_rt.errors import SdxsError, UsageError
-from sdxs_rt.graphs import SizeProfile, read_manifest
+from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.images import check_folder_writable
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import random_seed
@@ -46,26 +47,28 @@ def check_prompt(prompt: str) -> None:
         raise UsageError("the prompt is empty; type what the image should show")
 
 
+def has_fixed_sizes(backend: object) -> bool:
+    """Engines built for a size profile (TensorRT): only certain sizes run."""
+    entry = find_backend(backend)
+    return entry is not None and entry.fixed_sizes
+
+
 def engine_sizes(model: ModelState) -> str:
     """TensorRT: the sizes the folder's built engines cover, from its manifest ("" otherwise)."""
-    if model.backend != "tensorrt" or not model.model:
+    if not has_fixed_sizes(model.backend) or not model.model:
         return ""
-    from sdxs_rt.backends.tensorrt.profile import common_profile, profile_from_dict
-
     try:
-        engines = read_manifest(Path(model.model)).engines
-    except (SdxsError, OSError, ValueError):
+        text: str = import_backend(model.backend).engine_sizes(model.model)
+    except SdxsError:  # the plugin's own dependencies missing: the load will say so
         return ""
-    profiles = [profile_from_dict(e["profile"]) for e in engines.values() if "profile" in e]
-    return common_profile(profiles).describe() if profiles else "no engines built yet"
+    return text
 
 
 def check_engine_sizes(model: ModelState, params: GenerationParams) -> None:
     """Refuse a size outside the TensorRT engines' profile before anything loads."""
-    if model.backend == "tensorrt" and model.model:
-        from sdxs_rt.backends.tensorrt import check_size_for_model
-
-        check_size_for_model(model.model, params.width, params.height, params.batch_size)
+    if has_fixed_sizes(model.backend) and model.model:
+        plugin = import_backend(model.backend)
+        plugin.check_size_for_model(model.model, params.width, params.height, params.batch_size)
 
 
 def start_worker_thread(worker: QObject, name: str, parent: QObject) -> QThread:
@@ -222,7 +225,7 @@ class Controller(QObject):
 
     @Slot(object)
     def _on_loaded(self, info: dict[str, Any]) -> None:
-        profile = info.get("engine_profile") if info.get("backend") == "tensorrt" else None
+        profile = info.get("engine_profile") if has_fixed_sizes(info.get("backend")) else None
         self.model.engine_sizes = str((profile or {}).get("description", ""))
 
     @Slot(object)

@@ -24,6 +24,7 @@ from PySide6.QtGui import QImage
 from sdxs_rt_desktop.history import pil_to_qimage, save_to_history
 from sdxs_rt_desktop.preview import LatentPreviewer
 
+from sdxs_rt.backend_table import DEFAULT_BACKEND, find_backend, import_backend
 from sdxs_rt.errors import SdxsError
 from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.metadata import ImageRecord, make_record
@@ -43,10 +44,10 @@ class LoadRequest:
 
     model: str = ""
     text_encoder: str = ""
-    backend: str = "torch"
+    backend: str = DEFAULT_BACKEND
     precision: str = ""
     device: str = ""
-    low_vram: bool = False  # the PyTorch backend's small-card mode; the others ignore it here
+    low_vram: bool = False  # the small-card mode (PyTorch); other backends ignore it here
     revision: str = ""  # a hub branch, tag or commit of `model`
 
     def load(self) -> Pipeline:
@@ -61,8 +62,10 @@ class LoadRequest:
         )
 
     def backend_options(self) -> dict[str, Any]:
-        # the box is shown for PyTorch only, but stays ticked when another backend is chosen
-        return {"low_vram": True} if self.low_vram and self.backend == "torch" else {}
+        # the box is shown only where the backend has the mode, but stays ticked when another
+        # backend is chosen
+        entry = find_backend(self.backend)
+        return {"low_vram": True} if self.low_vram and entry and entry.low_vram else {}
 
 
 @dataclass(frozen=True)
@@ -290,10 +293,10 @@ class GenerationWorker(QObject):
 
 def check_engine_covers(pipe: Pipeline, params: GenerationParams) -> None:
     """TensorRT: refuse a size the loaded engines cannot run, naming what they cover."""
-    if pipe.info.get("backend") == "tensorrt":
-        from sdxs_rt.backends.tensorrt import check_size
-
-        check_size(pipe.components, params.width, params.height, params.batch_size)
+    entry = find_backend(pipe.info.get("backend"))
+    if entry is not None and entry.fixed_sizes:
+        plugin = import_backend(entry.name)
+        plugin.check_size(pipe.components, params.width, params.height, params.batch_size)
 
 
 # ---------------------------------------------------------------- TensorRT engine builds

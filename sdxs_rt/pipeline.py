@@ -7,7 +7,6 @@ image; stopping the iteration (or `cancel()`, from any thread) means nothing mor
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdxs_rt import backend_table
+from sdxs_rt.backend_table import DEFAULT_BACKEND, import_backend
 from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
-from sdxs_rt.errors import DeviceError, UsageError
+from sdxs_rt.errors import UsageError
 from sdxs_rt.guidance import guided_model
 from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
@@ -28,13 +29,6 @@ from sdxs_rt.sampler_schedule import build_schedule
 from sdxs_rt.samplers import sample
 from sdxs_rt.scheduler_table import SCHEDULER_NAMES, scheduler_for_config
 from sdxs_rt.schedules import SchedulerConfig
-
-# Backends are plugins, imported by name only when asked for: the core never depends on one.
-BACKEND_MODULES = {
-    "torch": "sdxs_rt.backends.torch",
-    "onnx": "sdxs_rt.backends.onnx",
-    "tensorrt": "sdxs_rt.backends.tensorrt",
-}
 
 
 @dataclass(frozen=True)
@@ -83,33 +77,6 @@ def scale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Arra
     return (latents - mean) * scaling.scaling_factor / std
 
 
-# TensorRT engines are fp16 on a GPU; exported ONNX graphs carry their own precision (None).
-DEFAULT_DEVICE = {"torch": "cpu", "onnx": "cpu", "tensorrt": "cuda"}
-DEFAULT_PRECISION: dict[str, str | None] = {"torch": "fp32", "onnx": None, "tensorrt": "fp16"}
-
-# What to install for each backend, for the message when its module or a dependency is missing.
-BACKEND_EXTRAS = {
-    "torch": "sdxs-rt[torch]",
-    "onnx": "sdxs-rt[onnx]",
-    "tensorrt": "sdxs-rt[tensorrt]",
-}
-
-
-def import_backend(name: str) -> Any:
-    """Import a backend plugin; a missing one (or a missing dependency of it) is a clear error."""
-    try:
-        return importlib.import_module(BACKEND_MODULES[name])
-    except ModuleNotFoundError as exc:
-        if exc.name == BACKEND_MODULES[name]:
-            raise DeviceError(
-                f"the {name} backend is not part of this sdxs-rt version yet"
-            ) from None
-        raise DeviceError(
-            f"the {name} backend needs the Python package {exc.name!r}; "
-            f"install it with: pip install '{BACKEND_EXTRAS[name]}'"
-        ) from None
-
-
 class Pipeline:
     """SDXS text-to-image with classifier-free guidance and native schedulers."""
 
@@ -126,7 +93,7 @@ class Pipeline:
         model: str | None = None,
         *,
         text_encoder: str | None = None,
-        backend: str = "torch",
+        backend: str = DEFAULT_BACKEND,
         device: str | None = None,
         dtype: str | None = None,
         variant: str | None = None,
@@ -138,20 +105,18 @@ class Pipeline:
         default model); for onnx and tensorrt a folder written by `sdxs-rt export onnx`.
         `revision` (a branch, tag or commit of a hub id) is refused for local folders.
 
-        `device` and `dtype` default per backend (`DEFAULT_DEVICE`, `DEFAULT_PRECISION`);
-        `backend_options` go to the backend's `load_components` (torch: `fast=FastPathOptions`).
+        `device` and `dtype` default per backend (`backend_table`: `default_device`,
+        `default_precision`); `backend_options` go to the backend's `load_components`
+        (torch: `fast=FastPathOptions`, `loras=`, `low_vram=`).
         """
-        if backend not in BACKEND_MODULES:
-            raise UsageError(
-                f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_MODULES)}"
-            )
+        entry = backend_table.backend(backend)  # unknown: a UsageError listing the choices
         check_revision(model, revision)
-        module = import_backend(backend)
+        module = import_backend(entry.name)
         components = module.load_components(
             model,
             text_encoder=text_encoder,
-            device=device or DEFAULT_DEVICE[backend],
-            precision=dtype or DEFAULT_PRECISION[backend],
+            device=device or entry.default_device,
+            precision=dtype or entry.default_precision,
             variant=variant,
             revision=revision,
             trust_remote_code=trust_remote_code,

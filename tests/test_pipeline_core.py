@@ -194,10 +194,16 @@ def test_the_core_generates_without_torch_installed() -> None:
 
 
 def test_a_backend_that_is_not_there_is_a_clear_device_error(monkeypatch) -> None:
-    from sdxs_rt import pipeline
+    from dataclasses import replace
+
+    from sdxs_rt import backend_table
     from sdxs_rt.errors import DeviceError
 
-    monkeypatch.setitem(pipeline.BACKEND_MODULES, "torch", "sdxs_rt.backends.not_there")
+    gone = tuple(
+        replace(b, module="sdxs_rt.backends.not_there") if b.name == "torch" else b
+        for b in backend_table.BACKENDS
+    )
+    monkeypatch.setattr(backend_table, "BACKENDS", gone)
     with pytest.raises(DeviceError, match="not part of this sdxs-rt version"):
         Pipeline.from_pretrained(backend="torch")
     with pytest.raises(UsageError, match="unknown backend"):

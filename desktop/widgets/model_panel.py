@@ -27,8 +27,10 @@ from sdxs_rt_desktop.widgets.binding import (
 )
 from sdxs_rt_desktop.widgets.model_report_view import ModelReportView
 
-BACKENDS = (("PyTorch", "torch"), ("ONNX Runtime", "onnx"), ("TensorRT", "tensorrt"))
-PRECISIONS = (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16"))
+from sdxs_rt.backend_table import ALL_PRECISIONS, BACKENDS, find_backend
+
+BACKEND_CHOICES = tuple((entry.label, entry.name) for entry in BACKENDS)
+PRECISIONS = tuple((precision, precision) for precision in ALL_PRECISIONS)
 DEVICE_SUGGESTIONS = ("cpu", "cuda", "cuda:1", "mps", "auto", "dml")
 NO_ENGINES = "No engines built yet: build them before generating."
 
@@ -38,6 +40,17 @@ def engine_sizes_text(engine_sizes: str) -> str:
     if not engine_sizes or engine_sizes.startswith("no engines"):
         return NO_ENGINES
     return f"Engines cover: {engine_sizes}"
+
+
+def model_tooltip() -> str:
+    """'A diffusers-format folder or hub id for PyTorch; a folder written by 'sdxs-rt export
+    onnx' for ONNX Runtime and TensorRT', from the backend table."""
+    hub = " and ".join(entry.label for entry in BACKENDS if not entry.exported)
+    exported = " and ".join(entry.label for entry in BACKENDS if entry.exported)
+    return (
+        f"A diffusers-format folder or hub id for {hub}; "
+        f"a folder written by 'sdxs-rt export onnx' for {exported}"
+    )
 
 
 class PathEdit(QWidget):
@@ -87,10 +100,7 @@ class ModelPanel(QGroupBox):
         self.model_path = PathEdit(
             "Built-in tiny model (offline), or a folder or hub id", "Choose a model folder"
         )
-        self.model_path.edit.setToolTip(
-            "A diffusers-format folder or hub id for PyTorch; "
-            "a folder written by 'sdxs-rt export onnx' for ONNX Runtime and TensorRT"
-        )
+        self.model_path.edit.setToolTip(model_tooltip())
         bind_line_edit(self.model, "model", self.model_path.edit)
         return self.model_path
 
@@ -112,15 +122,16 @@ class ModelPanel(QGroupBox):
 
     def _make_backend(self) -> QComboBox:
         self.backend_combo = QComboBox()
-        fill_combo(self.backend_combo, BACKENDS)
+        fill_combo(self.backend_combo, BACKEND_CHOICES)
         bind_combo_data(self.model, "backend", self.backend_combo)
         self.backend_combo.activated.connect(self._suggest_device)
         return self.backend_combo
 
     def _suggest_device(self) -> None:
         """TensorRT runs on CUDA only: picking it moves the device off the CPU."""
-        if self.model.backend == "tensorrt" and self.model.device == "cpu":
-            self.model.device = "cuda"
+        entry = find_backend(self.model.backend)
+        if entry is not None and entry.needs_cuda and self.model.device == "cpu":
+            self.model.device = entry.default_device
 
     def _make_precision(self) -> QComboBox:
         self.precision_combo = QComboBox()
@@ -161,5 +172,6 @@ class ModelPanel(QGroupBox):
         self.engine_sizes_label.setText(engine_sizes_text(engine_sizes))
 
     def _show_backend(self, backend: str) -> None:
-        self.engine_row.setVisible(backend == "tensorrt")
-        self.low_vram_box.setVisible(backend == "torch")  # a PyTorch backend option
+        entry = find_backend(backend)  # None: an unknown name from an old settings file
+        self.engine_row.setVisible(entry is not None and entry.fixed_sizes)
+        self.low_vram_box.setVisible(entry is not None and entry.low_vram)

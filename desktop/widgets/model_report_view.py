@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
 from sdxs_rt_desktop.state import ModelState
 from sdxs_rt_desktop.widgets.text import ERROR_STYLE, as_sentence
 
+from sdxs_rt.backend_table import find_backend
 from sdxs_rt.errors import SdxsError
 
 DELAY_MS = 400
@@ -36,7 +37,8 @@ class CheckResult:
 
 def check_model(model: ModelState) -> CheckResult:
     """The report for what the model panel names now."""
-    if model.backend != "torch":
+    entry = find_backend(model.backend)
+    if entry is None or entry.exported:
         return CheckResult(True, NOT_DIFFUSERS, "")
     from sdxs_rt.model_report import build_report
     from sdxs_rt.model_report_text import OK_LINE, format_report

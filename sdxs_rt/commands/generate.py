@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import re
 
+from sdxs_rt.backend_table import (
+    ALL_PRECISIONS,
+    BACKEND_NAMES,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    backend,
+    names_with,
+)
 from sdxs_rt.errors import UsageError
 from sdxs_rt.scheduler_table import SCHEDULER_NAMES
-
-BACKENDS = ("torch", "onnx", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 GENERATE_EXAMPLES = """examples:
   sdxs-rt generate "a red circle on a blue background"          # built-in tiny model, offline
@@ -77,21 +82,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="torch (default); onnx or tensorrt take a folder written by 'sdxs-rt export onnx'",
+        choices=BACKEND_NAMES,
+        default=DEFAULT_BACKEND,
+        help=f"{DEFAULT_BACKEND} (default); {' or '.join(names_with('exported'))} take a folder "
+        "written by 'sdxs-rt export onnx'",
     )
     p.add_argument(
         "--device",
         default=None,
-        help="cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml "
-        "(default: cpu; cuda for the tensorrt backend)",
+        help=f"cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml ({device_defaults()})",
     )
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=ALL_PRECISIONS,
         default=None,
-        help="default: fp32 for torch, the exported graphs' for onnx, fp16 for tensorrt",
+        help=f"default: {precision_defaults()}",
     )
     p.add_argument(
         "--model",
@@ -169,6 +174,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
         "strength SCALE (default 1.0); repeatable",
     )
+
+
+def device_defaults() -> str:
+    """'default: cpu; cuda for the tensorrt backend', from the backend table."""
+    default = backend(DEFAULT_BACKEND).default_device
+    others = [f"{b.default_device} for the {b.name} backend" for b in BACKENDS
+              if b.default_device != default]  # fmt: skip
+    return "; ".join([f"default: {default}", *others])
+
+
+def precision_defaults() -> str:
+    """'fp32 for torch, the exported graphs' for onnx, fp16 for tensorrt'."""
+    own = "the exported graphs'"  # default_precision None
+    return ", ".join(f"{b.default_precision or own} for {b.name}" for b in BACKENDS)
 
 
 SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sdxs_rt.backend_table import backend, import_backend, names_with, names_without
 from sdxs_rt.errors import SdxsError, UsageError
 from sdxs_rt.images import check_outputs, output_paths, save_png
 from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
@@ -67,16 +68,17 @@ def check_preview_args(args: argparse.Namespace) -> None:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The torch GPU fast-path flags as the torch backend's `fast` option, --lora as its
-    `loras` option and --low-vram as its `low_vram` option (else none)."""
+    """The GPU fast-path flags as the backend's `fast` option, --lora as its `loras` option
+    and --low-vram as its `low_vram` option (else none); refused where the table says the
+    backend has no such option."""
     options = {**lora_options(args), **low_vram_options(args)}
     wanted = args.cuda_graphs or args.compile or args.channels_last or args.offload_text_encoder
     if not wanted:
         return options
-    if args.backend != "torch":
+    if not backend(args.backend).fast_path:
         raise UsageError(
             "--cuda-graphs, --compile, --channels-last and --offload-text-encoder "
-            "apply to --backend torch only"
+            f"apply to --backend {' or '.join(names_with('fast_path'))} only"
         )
     from sdxs_rt.backends.torch.fast import FastPathOptions
 
@@ -92,11 +94,15 @@ def backend_options(args: argparse.Namespace) -> dict[str, Any]:
 def low_vram_options(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "low_vram", False):
         return {}
-    if args.backend != "torch":
-        raise UsageError(
-            "--low-vram applies to --backend torch only; TensorRT engines size their memory "
-            "by their profile ('sdxs-rt engine build --max-size/--max-batch')"
-        )
+    entry = backend(args.backend)
+    if not entry.low_vram:
+        message = f"--low-vram applies to --backend {' or '.join(names_with('low_vram'))} only"
+        if entry.fixed_sizes:
+            message += (
+                f"; {entry.label} engines size their memory by their profile "
+                "('sdxs-rt engine build --max-size/--max-batch')"
+            )
+        raise UsageError(message)
     return {"low_vram": True}
 
 
@@ -105,9 +111,10 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
     given = getattr(args, "lora", None) or []
     if not given:
         return {}
-    if args.backend != "torch":
+    if not backend(args.backend).runtime_lora:
         raise UsageError(
-            "--lora applies to --backend torch only; for onnx or tensorrt, merge the LoRA "
+            f"--lora applies to --backend {' or '.join(names_with('runtime_lora'))} only; "
+            f"for {' or '.join(names_without('runtime_lora'))}, merge the LoRA "
             "with 'sdxs-rt merge-lora MODEL LORA:SCALE -o OUT' and export OUT"
         )
     from sdxs_rt.backends.torch.lora import parse_lora_spec
@@ -120,11 +127,11 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
-    if args.backend == "tensorrt" and args.model:
-        from sdxs_rt.backends.tensorrt import check_size_for_model
-
+    fixed_sizes = backend(args.backend).fixed_sizes
+    if fixed_sizes and args.model:
         # Refuse sizes outside the engines' profiles before anything loads.
-        check_size_for_model(args.model, size[0], size[1], args.batch_size)
+        plugin = import_backend(args.backend)
+        plugin.check_size_for_model(args.model, size[0], size[1], args.batch_size)
     pipe = Pipeline.from_pretrained(
         args.model,
         backend_options=backend_options(args),
@@ -136,10 +143,8 @@ def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
     )
-    if args.backend == "tensorrt":
-        from sdxs_rt.backends.tensorrt import check_size
-
-        check_size(pipe.components, size[0], size[1], args.batch_size)
+    if fixed_sizes:
+        import_backend(args.backend).check_size(pipe.components, size[0], size[1], args.batch_size)
     return pipe
 
 

@@ -22,7 +22,12 @@ from sdxs_rt.backends.tensorrt.cache import (
     list_engines,
 )
 from sdxs_rt.backends.tensorrt.environment import Environment, check_engine, current_environment
-from sdxs_rt.backends.tensorrt.profile import check_size, check_size_for_model, validate_request
+from sdxs_rt.backends.tensorrt.profile import (
+    check_size,
+    check_size_for_model,
+    engine_sizes,
+    validate_request,
+)
 from sdxs_rt.errors import DeviceError
 
 if TYPE_CHECKING:
@@ -43,6 +48,7 @@ __all__ = [
     "clear_engines",
     "current_environment",
     "engine_cache_dir",
+    "engine_sizes",
     "import_tensorrt",
     "list_engines",
     "load_components",

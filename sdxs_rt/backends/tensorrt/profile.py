@@ -11,8 +11,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sdxs_rt.errors import UsageError
-from sdxs_rt.graphs import SizeProfile
+from sdxs_rt.errors import SdxsError, UsageError
+from sdxs_rt.graphs import SizeProfile, read_manifest
 
 SIZE_STEP = 64  # image sides are multiples of 64 (sdxs_rt.params)
 INFO_KEY = "engine_profile"  # Components.info[INFO_KEY]: the sizes the loaded engines cover
@@ -102,9 +102,22 @@ def check_size_for_model(model_dir: str | Path, width: int, height: int, batch: 
 
     Quiet when the folder records no engines (the loader then says what to build).
     """
-    from sdxs_rt.graphs import read_manifest
-
-    engines = read_manifest(Path(model_dir)).engines
-    profiles = [profile_from_dict(e["profile"]) for e in engines.values() if "profile" in e]
+    profiles = built_profiles(model_dir)
     if profiles:
         validate_request(common_profile(profiles), width, height, batch)
+
+
+def engine_sizes(model_dir: str | Path) -> str:
+    """What the folder's built engines cover, e.g. "320..768 px per side, batch 1", for display:
+    "no engines built yet", or "" when its manifest cannot be read."""
+    try:
+        profiles = built_profiles(model_dir)
+    except (SdxsError, OSError, ValueError):
+        return ""
+    return common_profile(profiles).describe() if profiles else "no engines built yet"
+
+
+def built_profiles(model_dir: str | Path) -> list[SizeProfile]:
+    """The profiles of the engines the folder's manifest records."""
+    engines = read_manifest(Path(model_dir)).engines
+    return [profile_from_dict(e["profile"]) for e in engines.values() if "profile" in e]
