@@ -367,7 +367,8 @@ def check_step_count(steps: int) -> None:
 def least_strength(steps: int) -> float:
     """The least strength with three decimals for which `steps` steps keep at least one."""
     check_step_count(steps)
-    # Rounded up, then up again while the float product misses one step (1/49 * 49 < 1).
+    # Rounded up to thousandths; the loop guards against t/1000 being inexact in binary, so
+    # that the float product steps * strength really reaches one step (diffusers' int()).
     thousandths = math.ceil(1000 / steps)
     while int(steps * (thousandths / 1000)) < 1:
         thousandths += 1

@@ -330,8 +330,8 @@ def test_masks_are_fitted_without_ringing() -> None:
     for mode in RESIZE_MODES:
         fitted = np.asarray(fit_to_size(mask, 128, 96, mode))
         assert fitted.shape == (96, 128)
-        # Away from the one edge, black stays 0 and white 255: no Lanczos halo.
-        assert fitted[:, :56].min() == 255 and fitted[:, 72:].max() == 0
+        # Three pixels from the edge at x=64, black is 0 and white 255: no Lanczos halo.
+        assert fitted[:, :61].min() == 255 and fitted[:, 67:].max() == 0
 
 
 def test_unknown_resize_mode_and_bad_sizes_are_refused() -> None:
