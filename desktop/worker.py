@@ -29,6 +29,7 @@ from sdxs_rt.errors import SdxsError
 from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.metadata import ImageRecord, make_record
 from sdxs_rt.params import GenerationParams
+from sdxs_rt.plan import GenerationPlan
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,9 @@ def as_generator(events: Iterator[StepEvent | ImageEvent]) -> PipelineEvents:
 class RunCounter:
     """Steps and images done in a run, and the ETA from a running median of step times."""
 
-    def __init__(self, params: GenerationParams) -> None:
-        self.steps_per_image = params.num_inference_steps
-        self.image_count = params.num_images
+    def __init__(self, plan: GenerationPlan) -> None:
+        self.steps_per_image = plan.steps_run
+        self.image_count = plan.params.num_images
         self.images_done = 0
         self.steps_done = 0
         self.step_seconds: deque[float] = deque(maxlen=ETA_WINDOW)
@@ -226,10 +227,11 @@ class GenerationWorker(QObject):
         pipe, previewer = self._pipeline(job.load)
         if self._cancel.is_set():
             return True
-        check_engine_covers(pipe, job.params)
+        plan = pipe.plan(job.params)  # the request resolved once: seeds, sizes, inputs
+        check_engine_covers(pipe, plan.params)
         preview_every = self._prepare_previews(previewer, job.preview_every)
         self.status.emit("Generating...")
-        return self._drain(pipe, previewer, job, preview_every)
+        return self._drain(pipe, previewer, job, plan, preview_every)
 
     def _prepare_previews(self, previewer: LatentPreviewer, every: int) -> int:
         """Fit the preview map once per VAE (then cached); a failed fit only turns previews off."""
@@ -255,11 +257,16 @@ class GenerationWorker(QObject):
         return self._loaded[1], self._loaded[2]
 
     def _drain(
-        self, pipe: Pipeline, previewer: LatentPreviewer, job: GenerationJob, preview_every: int
+        self,
+        pipe: Pipeline,
+        previewer: LatentPreviewer,
+        job: GenerationJob,
+        plan: GenerationPlan,
+        preview_every: int,
     ) -> bool:
-        counter = RunCounter(job.params)
+        counter = RunCounter(plan)
         self._active = pipe
-        events = as_generator(pipe.generate(params=job.params))
+        events = as_generator(pipe.generate(plan=plan))
         try:
             for event in events:
                 if self._cancel.is_set():
@@ -284,7 +291,7 @@ class GenerationWorker(QObject):
     def _on_image(
         self, event: ImageEvent, pipe: Pipeline, job: GenerationJob, counter: RunCounter
     ) -> None:
-        record = make_record(pipe, job.params, event.seed)
+        record = make_record(pipe, event.plan, event.index)
         path = save_to_history(event.image, record, job.history_dir, job.strip_metadata)
         counter.add_image(event)
         self.image.emit(ResultItem(path, event.seed, record, pil_to_qimage(event.image)))

@@ -20,7 +20,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
-from sdxs_rt.params import GenerationParams
+from sdxs_rt.plan import GenerationPlan
 from sdxs_rt.rng import RNG_NAME
 from sdxs_rt.scheduler_table import SCHEDULER_LABELS, scheduler_for_label
 
@@ -34,7 +34,13 @@ VERSION_PREFIX = "sdxs-rt "
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
-OPTIONAL_FIELDS = frozenset({"variant", "revision", "extra"})  # older records lack them
+# Older records lack these; image-input fields are None (or their defaults) for text to image.
+OPTIONAL_FIELDS = frozenset(
+    {
+        "variant", "revision", "extra", "strength", "resize_mode", "mask_blur", "paste_back",
+        "outpaint", "init_image", "mask", "variation_seed", "variation_strength",
+    }
+)  # fmt: skip
 
 
 @dataclass
@@ -61,6 +67,17 @@ class ImageRecord:
     variant: str | None = None
     revision: str | None = None  # the hub revision of the model; None for local folders
     extra: dict[str, Any] = field(default_factory=dict)
+    # Image inputs (None when the image was drawn from noise); the inputs are named by digest,
+    # `{"sha256", "source": "file" | "pixels", "name"}`, so a replay can find them again.
+    strength: float | None = None
+    resize_mode: str | None = None
+    mask_blur: int | None = None
+    paste_back: bool | None = None
+    outpaint: list[int] | None = None  # left, right, top, bottom
+    init_image: dict[str, Any] | None = None
+    mask: dict[str, Any] | None = None
+    variation_seed: int | None = None
+    variation_strength: float | None = None
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT_VERSION, **asdict(self)}, ensure_ascii=False)
@@ -91,26 +108,25 @@ class ImageRecord:
 class RecordSource(Protocol):
     """What `make_record` reads from a loaded pipeline (`sdxs_rt.pipeline.Pipeline`)."""
 
-    default_scheduler: str
-
     @property
     def info(self) -> Mapping[str, Any]: ...
 
 
-def make_record(pipe: RecordSource, params: GenerationParams, seed: int) -> ImageRecord:
-    """The record of one image of a run (the CLI and the desktop app save the same one)."""
+def make_record(pipe: RecordSource, plan: GenerationPlan, index: int) -> ImageRecord:
+    """The record of image `index` of a planned run (the CLI and the desktop save the same)."""
     info = pipe.info
-    scheduler = params.scheduler or pipe.default_scheduler
+    params = plan.params
+    width, height = plan.size
     return ImageRecord(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
         steps=params.num_inference_steps,
         guidance_scale=params.guidance_scale,
-        seed=seed,
-        width=params.width,
-        height=params.height,
-        scheduler=scheduler,
-        scheduler_label=SCHEDULER_LABELS[scheduler],
+        seed=plan.seeds[index],
+        width=width,
+        height=height,
+        scheduler=plan.scheduler,
+        scheduler_label=SCHEDULER_LABELS[plan.scheduler],
         model=str(info.get("model", "")),
         model_hash=str(info.get("model_hash", "")),
         backend=str(info.get("backend", "")),
@@ -122,7 +138,32 @@ def make_record(pipe: RecordSource, params: GenerationParams, seed: int) -> Imag
         variant=info.get("variant"),
         revision=info.get("revision"),
         extra={"loras": list(info["loras"])} if info.get("loras") else {},
+        **_image_input_fields(plan),
+        **_variation_fields(plan, index),
     )
+
+
+def _image_input_fields(plan: GenerationPlan) -> dict[str, Any]:
+    inputs, params = plan.inputs, plan.params
+    if inputs is None:
+        return {}
+    with_mask = inputs.mask is not None
+    return {
+        "strength": inputs.strength,
+        "resize_mode": params.resize_mode,
+        "mask_blur": params.mask_blur if with_mask else None,
+        "paste_back": inputs.paste_back if with_mask else None,
+        "outpaint": list(params.outpaint) if params.outpaint else None,
+        "init_image": inputs.init_digest.as_dict(),
+        "mask": None if inputs.mask_digest is None else inputs.mask_digest.as_dict(),
+    }
+
+
+def _variation_fields(plan: GenerationPlan, index: int) -> dict[str, Any]:
+    variation = plan.variation_for(index)
+    if variation is None:
+        return {}
+    return {"variation_seed": variation.seed, "variation_strength": variation.strength}
 
 
 def record_loras(record: ImageRecord) -> list[dict[str, Any]]:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.rng import MAX_SEED
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# An image input: a file path or an already opened PIL image.
+ImageInput = Union[str, "os.PathLike[str]", "Image.Image"]
 
 SIZE_STEP = 64
 MAX_SIDE = 4096  # 4096 px is already ~50x the trained area; larger is a typo, not a wish
@@ -18,16 +26,31 @@ class GenerationParams:
     negative_prompt: str = ""
     num_inference_steps: int = 40
     guidance_scale: float = 5.5
-    width: int = 576
-    height: int = 576
+    # None: the init image's size (rounded down to a multiple of 64) plus any outpainting,
+    # else the model's native size.
+    width: int | None = None
+    height: int | None = None
     seed: int | None = None
     scheduler: str | None = None  # None: the model's own scheduler
     num_images: int = 1
     batch_size: int = 1
+    # Image to image: the init image, resized to the output size by `resize_mode` (see
+    # sdxs_rt.image_inputs), noised to `strength` (None: 0.75, or 1.0 when outpainting).
+    init_image: ImageInput | None = None
+    strength: float | None = None
+    resize_mode: str = "crop"
+    # Inpainting: white = repaint; feathered by `mask_blur` px; original pixels pasted back.
+    mask: ImageInput | None = None
+    mask_blur: int = 4
+    paste_back: bool = True
+    outpaint: tuple[int, int, int, int] | None = None  # left, right, top, bottom, in px
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
 
     def validate(self) -> GenerationParams:
-        check_size("width", self.width)
-        check_size("height", self.height)
+        for name, value in (("width", self.width), ("height", self.height)):
+            if value is not None:
+                check_size(name, value)
         check_steps(self.num_inference_steps)
         check_guidance(self.guidance_scale)
         check_seed(self.seed, self.num_images)
@@ -35,7 +58,40 @@ class GenerationParams:
         check_positive("batch size", self.batch_size)
         if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
             raise UsageError("the prompt and the negative prompt must be strings")
+        check_image_options(self)
+        check_variation(self.variation_seed, self.variation_strength, self.num_images)
         return self
+
+
+def check_image_options(params: GenerationParams) -> None:
+    """What needs an init image, and the numbers that have a range."""
+    if params.init_image is None:
+        for given, flag in ((params.mask, "a mask"), (params.outpaint, "outpainting")):
+            if given is not None:
+                raise UsageError(f"{flag} needs an init image")
+        if params.strength is not None:
+            raise UsageError("a strength needs an init image")
+    strength = params.strength
+    if strength is not None and not (_is_number(strength) and 0 < strength <= 1):
+        raise UsageError(f"strength must be a number in (0, 1], got {strength!r}")
+    blur = params.mask_blur
+    if not isinstance(blur, int) or isinstance(blur, bool) or blur < 0:
+        raise UsageError(f"mask blur must be a whole number of pixels >= 0, got {blur!r}")
+
+
+def check_variation(seed: int | None, strength: float, count: int) -> None:
+    if not (_is_number(strength) and 0 <= strength <= 1):
+        raise UsageError(f"variation strength must be a number in [0, 1], got {strength!r}")
+    if seed is None:
+        if strength:
+            raise UsageError("a variation strength needs a variation seed")
+        return
+    check_seed(seed, count)
+
+
+def _is_number(value: object) -> bool:
+    real = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return real and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def nearest_sizes(value: int) -> list[int]:

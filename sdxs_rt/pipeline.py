@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdxs_rt import backend_table
+from sdxs_rt import backend_table, image_inputs
 from sdxs_rt.backend_table import DEFAULT_BACKEND, import_backend
 from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
 from sdxs_rt.errors import UsageError
@@ -24,15 +24,17 @@ from sdxs_rt.guidance import guided_model
 from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
-from sdxs_rt.rng import BatchNoise, random_seed, seeds_for
-from sdxs_rt.sampler_schedule import build_schedule
+from sdxs_rt.plan import GenerationPlan, ImageInputs, ModelFacts, make_plan
+from sdxs_rt.rng import BatchNoise
+from sdxs_rt.sampler_schedule import SamplerSchedule
 from sdxs_rt.samplers import sample
-from sdxs_rt.scheduler_table import SCHEDULER_NAMES, scheduler_for_config
+from sdxs_rt.scheduler_table import scheduler_for_config
 from sdxs_rt.schedules import SchedulerConfig
 
 
 @dataclass(frozen=True)
 class StepEvent:
+    plan: GenerationPlan  # the resolved request this step belongs to
     image_index: int  # index of the first image of the batch being sampled
     seeds: tuple[int, ...]
     step: int  # 0-based
@@ -45,6 +47,7 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class ImageEvent:
+    plan: GenerationPlan
     index: int
     seed: int
     image: Image.Image
@@ -53,6 +56,7 @@ class ImageEvent:
 
 @dataclass
 class GenerationResult:
+    plan: GenerationPlan | None = None
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -147,118 +151,181 @@ class Pipeline:
         decoded = c.vae_decoder(unscale_latents(latents, c.latent_scaling, c.ops))
         return to_pil_images(c.ops.to_host(decoded))
 
-    def resolve(self, params: GenerationParams) -> tuple[GenerationParams, str]:
-        """Validate, pick the scheduler and fix the seed, so the run can be recorded."""
-        params.validate()
-        scheduler = params.scheduler or self.default_scheduler
-        if scheduler not in SCHEDULER_NAMES:
-            names = ", ".join(SCHEDULER_NAMES)
-            raise UsageError(f"unknown scheduler {scheduler!r}; choose one of: {names}")
-        seed = random_seed() if params.seed is None else params.seed
-        resolved = GenerationParams(**{**params.__dict__, "seed": seed, "scheduler": scheduler})
-        return resolved, scheduler
+    def encode_image(self, image: Image.Image) -> Array:
+        """An RGB image -> model latents (1, C, h, w): the posterior mean, scaled as the card."""
+        c = self.components
+        if c.vae_encoder is None:
+            raise UsageError(self.no_encoder_reason())
+        pixels = c.ops.from_host(image_inputs.image_to_array(image))
+        return scale_latents(c.vae_encoder(pixels), c.latent_scaling, c.ops)
 
-    def generate(self, prompt: str = "", **kwargs: Any) -> Iterator[StepEvent | ImageEvent]:
-        """Step-by-step form: yields a StepEvent per step and an ImageEvent per image."""
-        params = kwargs.pop("params", None) or GenerationParams(prompt=prompt, **kwargs)
-        params, scheduler = self.resolve(params)
+    def no_encoder_reason(self) -> str:
+        reason = self.components.info.get("vae_encoder_unavailable")
+        return f"this model cannot take an init image: {reason or 'it has no VAE encoder'}"
+
+    @property
+    def model_facts(self) -> ModelFacts:
+        c = self.components
+        return ModelFacts(
+            native_size=c.native_size,
+            scheduler_config=self.scheduler_config,
+            default_scheduler=self.default_scheduler,
+            latent_channels=c.latent_channels,
+            vae_scale_factor=c.vae_scale_factor,
+        )
+
+    def plan(self, params: GenerationParams) -> GenerationPlan:
+        """Resolve a request once: defaults, seeds, schedule, sizes and prepared image inputs."""
+        if params.init_image is not None and self.components.vae_encoder is None:
+            raise UsageError(self.no_encoder_reason())
+        return make_plan(params, self.model_facts)
+
+    def generate(
+        self, prompt: str = "", *, plan: GenerationPlan | None = None, **kwargs: Any
+    ) -> Iterator[StepEvent | ImageEvent]:
+        """Step-by-step form: yields a StepEvent per step and an ImageEvent per image.
+
+        Give `params=GenerationParams(...)`, keyword parameters, or a `plan` made by `plan()`.
+        """
+        if plan is None:
+            params = kwargs.pop("params", None) or GenerationParams(prompt=prompt, **kwargs)
+            plan = self.plan(params)
         self._cancel.clear()
         try:
-            yield from self._generate(params, scheduler)
+            yield from self._generate(plan)
         finally:
             self._cancel.clear()
 
     def __call__(self, prompt: str = "", **kwargs: Any) -> GenerationResult:
         params = kwargs.pop("params", None) or GenerationParams(prompt=prompt, **kwargs)
-        result = GenerationResult()
+        plan = self.plan(params)
+        result = GenerationResult(plan=plan)
         start = time.perf_counter()
-        for event in self.generate(params=params):
+        for event in self.generate(plan=plan):
             if isinstance(event, ImageEvent):
                 result.images.append(event.image)
                 result.seeds.append(event.seed)
                 for key, value in event.timings.items():
                     result.timings[key] = result.timings.get(key, 0.0) + value
-        result.cancelled = len(result.images) < params.num_images
+        result.cancelled = len(result.images) < plan.params.num_images
         result.timings["total"] = time.perf_counter() - start
         return result
 
-    def _generate(
-        self, params: GenerationParams, scheduler: str
-    ) -> Iterator[StepEvent | ImageEvent]:
-        assert params.seed is not None
+    def _generate(self, plan: GenerationPlan) -> Iterator[StepEvent | ImageEvent]:
+        params = plan.params
         started = time.perf_counter()
         cond = self.encode_prompt(params.prompt)
         uncond = None
         if params.guidance_scale > 1.0:
             uncond = self.encode_negative(params.negative_prompt)
-        text_seconds = time.perf_counter() - started
-        all_seeds = seeds_for(params.seed, params.num_images)
+        init = None if plan.inputs is None else self._init_latents(plan.inputs)
+        prepare_seconds = time.perf_counter() - started
         for first in range(0, params.num_images, params.batch_size):
-            seeds = all_seeds[first : first + params.batch_size]
-            batch = _Batch(first, tuple(seeds), text_seconds if first == 0 else 0.0)
-            yield from self._generate_batch(params, scheduler, batch, cond, uncond)
+            seeds = plan.seeds[first : first + params.batch_size]
+            batch = _Batch(first, seeds, prepare_seconds if first == 0 else 0.0)
+            yield from self._generate_batch(plan, batch, cond, uncond, init)
             if self._cancel.is_set():
                 return
 
+    def _init_latents(self, inputs: ImageInputs) -> _InitLatents:
+        ops = self.components.ops
+        clean = self.encode_image(inputs.init)
+        if inputs.mask is None:
+            return _InitLatents(clean, None)
+        weights = image_inputs.latent_mask(inputs.mask, self.components.vae_scale_factor)
+        return _InitLatents(clean, ops.from_host(weights))
+
     def _generate_batch(
         self,
-        params: GenerationParams,
-        scheduler: str,
+        plan: GenerationPlan,
         batch: _Batch,
         cond: Array,
         uncond: Array | None,
+        init: _InitLatents | None,
     ) -> Iterator[StepEvent | ImageEvent]:
         c = self.components
         ops = c.ops
         size = len(batch.seeds)
-        shape = (
-            c.latent_channels,
-            params.height // c.vae_scale_factor,
-            params.width // c.vae_scale_factor,
-        )
-        noise = BatchNoise(batch.seeds, shape)
+        schedule = plan.schedule
+        variations = [plan.variation_for(batch.first + i) for i in range(size)]
+        noise = BatchNoise(batch.seeds, plan.latent_shape, variations)
         context = _repeat(cond, size, ops)
         uncontext = None if uncond is None else _repeat(uncond, size, ops)
-        model = guided_model(c.unet, context, uncontext, params.guidance_scale, ops)
-        schedule = build_schedule(scheduler, self.scheduler_config, params.num_inference_steps)
-        x_T = schedule.start_latents(ops.from_host(noise.draw()))
-        steps = sample(schedule, model, x_T, lambda: ops.from_host(noise.draw()), ops)
-        latents, sampling_seconds, tick = x_T, 0.0, time.perf_counter()
+        model = guided_model(c.unet, context, uncontext, plan.params.guidance_scale, ops)
+        first_noise = ops.from_host(noise.draw())
+        hooks: dict[str, Any] = {}
+        if init is None:
+            x_start = schedule.start_latents(first_noise)
+        else:
+            clean = ops.concat([init.latents] * size)
+            x_start = schedule.noised(clean, first_noise)
+            if init.mask is not None:
+                hooks["after_step"] = _blend_known_region(schedule, clean, first_noise, init.mask)
+        draw = lambda: ops.from_host(noise.draw())  # noqa: E731
+        steps = sample(schedule, model, x_start, draw, ops, **hooks)
+        latents, sampling_seconds, tick = x_start, 0.0, time.perf_counter()
         for step in steps:
             if self._cancel.is_set():
                 return
             now = time.perf_counter()
             sampling_seconds += now - tick
             yield StepEvent(
-                batch.first, batch.seeds, step.index, params.num_inference_steps,
+                plan, batch.first, batch.seeds, step.index, len(schedule),
                 step.timestep, step.latents, step.denoised, now - tick,
             )  # fmt: skip
             latents, tick = step.latents, time.perf_counter()
         if self._cancel.is_set():
             return
-        yield from self._decode(latents, batch, sampling_seconds)
+        yield from self._decode(plan, latents, batch, sampling_seconds)
 
     def _decode(
-        self, latents: Array, batch: _Batch, sampling_seconds: float
+        self, plan: GenerationPlan, latents: Array, batch: _Batch, sampling_seconds: float
     ) -> Iterator[ImageEvent]:
         started = time.perf_counter()
-        images = self.decode(latents)
+        images = [self._finish(plan, image) for image in self.decode(latents)]
         decode_seconds = time.perf_counter() - started
         share = 1.0 / len(images)  # timings are per batch: split them evenly per image
         for offset, (seed, image) in enumerate(zip(batch.seeds, images, strict=True)):
             timings = {
-                "text_encode": batch.text_seconds * share,
+                "text_encode": batch.prepare_seconds * share,
                 "sampling": sampling_seconds * share,
                 "decode": decode_seconds * share,
             }
-            yield ImageEvent(batch.first + offset, seed, image, timings)
+            yield ImageEvent(plan, batch.first + offset, seed, image, timings)
+
+    @staticmethod
+    def _finish(plan: GenerationPlan, image: Image.Image) -> Image.Image:
+        """Paste the original pixels back outside the feathered mask, when asked to."""
+        inputs = plan.inputs
+        if inputs is None or inputs.mask is None or not inputs.paste_back:
+            return image
+        return image_inputs.paste_back(image, inputs.init, inputs.mask)
 
 
 @dataclass(frozen=True)
 class _Batch:
     first: int
     seeds: tuple[int, ...]
-    text_seconds: float
+    prepare_seconds: float  # prompt (and init image) encoding, charged to the first batch
+
+
+@dataclass(frozen=True)
+class _InitLatents:
+    latents: Array  # (1, C, h, w) model latents of the init image
+    mask: Array | None  # (1, 1, h, w) repaint weights on the latent grid
+
+
+def _blend_known_region(
+    schedule: SamplerSchedule, clean: Array, first_noise: Array, mask: Array
+) -> Any:
+    """After step i, the known region (mask 0) is the init latents noised to step i + 1's
+    level with the image's first draw: blended latent denoising; clean after the last step."""
+
+    def blend(index: int, x: Array) -> Array:
+        known = schedule.noised(clean, first_noise, index + 1)
+        return x * mask + known * (1.0 - mask)
+
+    return blend
 
 
 def _repeat(embedding: Array, count: int, ops: ArrayOps) -> Array:

@@ -174,6 +174,69 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
         "strength SCALE (default 1.0); repeatable",
     )
+    add_image_input_arguments(p)
+    add_variation_arguments(p)
+
+
+# Kept equal to sdxs_rt.image_inputs.RESIZE_MODES by a test: that module loads numpy and PIL.
+RESIZE_MODES = ("crop", "stretch")
+
+
+def add_image_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "image inputs",
+        "img2img, inpainting and outpainting; without --size the output has the init image's "
+        "size rounded down to a multiple of 64, plus any outpainting",
+    )
+    group.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
+    group.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        metavar="S",
+        help="how much of the init image to redraw, in (0, 1] (default 0.75; 1.0 when "
+        "outpainting); int(steps * S) steps run",
+    )
+    group.add_argument(
+        "--resize-mode",
+        choices=RESIZE_MODES,
+        default="crop",
+        help="fit the init image to the size: crop (scale to cover, cut the centre; default) "
+        "or stretch",
+    )
+    group.add_argument(
+        "--mask",
+        metavar="PATH",
+        help="inpaint: white = repaint, black = keep; the init image's size",
+    )
+    group.add_argument(
+        "--mask-blur", type=int, default=4, metavar="PX", help="feather the mask (default 4 px)"
+    )
+    group.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="keep the generated pixels outside the mask instead of the original ones",
+    )
+    group.add_argument(
+        "--outpaint",
+        metavar="L,R,T,B",
+        help="grow the canvas by these pixels (multiples of 64) left, right, top, bottom, "
+        "filled from the edges, and draw the new area",
+    )
+
+
+def add_variation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "variations", "a variation of an image: its initial noise moved towards another seed's"
+    )
+    group.add_argument("--variation-seed", type=int, default=None, metavar="V")
+    group.add_argument(
+        "--variation-strength",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="0: the seed's image, 1: the variation seed's noise (default 0)",
+    )
 
 
 def device_defaults() -> str:

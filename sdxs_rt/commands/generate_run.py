@@ -11,11 +11,13 @@ from typing import Any
 
 from sdxs_rt.backend_table import backend, import_backend, names_with, names_without
 from sdxs_rt.errors import SdxsError, UsageError
+from sdxs_rt.image_inputs import load_image, parse_outpaint
 from sdxs_rt.images import check_outputs, output_paths, save_png
 from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
-from sdxs_rt.metadata import make_record, png_info
+from sdxs_rt.metadata import ImageRecord, make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
+from sdxs_rt.plan import output_size
 from sdxs_rt.progress import bar_wanted
 from sdxs_rt.rng import random_seed
 
@@ -28,7 +30,9 @@ class Job:
     paths: list[Path]
 
 
-def plan_jobs(args: argparse.Namespace, prompts: list[str], size: tuple[int, int]) -> list[Job]:
+def plan_jobs(
+    args: argparse.Namespace, prompts: list[str], size: tuple[int | None, int | None]
+) -> list[Job]:
     """Seeds and output paths for the whole run, decided (and checked) before any model loads."""
     if args.seed is not None and args.seed < -1:
         raise UsageError(f"seed must be a whole number >= 0 (or -1 for random), got {args.seed}")
@@ -45,6 +49,7 @@ def plan_jobs(args: argparse.Namespace, prompts: list[str], size: tuple[int, int
         scheduler=args.scheduler,
         num_images=per_prompt,
         batch_size=args.batch_size,
+        **image_options(args),
     )
     check_preview_args(args)
     seeds = [first_seed + i for i in range(per_prompt * len(prompts))]
@@ -58,6 +63,21 @@ def plan_jobs(args: argparse.Namespace, prompts: list[str], size: tuple[int, int
         )
         for k, prompt in enumerate(prompts)
     ]
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The image-input flags as GenerationParams fields (checked there, once)."""
+    return {
+        "init_image": args.init_image,
+        "strength": args.strength,
+        "resize_mode": args.resize_mode,
+        "mask": args.mask,
+        "mask_blur": args.mask_blur,
+        "paste_back": not args.no_paste_back,
+        "outpaint": None if args.outpaint is None else parse_outpaint(args.outpaint),
+        "variation_seed": args.variation_seed,
+        "variation_strength": args.variation_strength,
+    }
 
 
 def check_preview_args(args: argparse.Namespace) -> None:
@@ -186,18 +206,18 @@ def save_image(
     args: argparse.Namespace, pipe: Pipeline, job: Job, event: ImageEvent
 ) -> dict[str, Any]:
     path = job.paths[event.index]
-    record = make_record(pipe, job.params, event.seed)
+    record = make_record(pipe, event.plan, event.index)
     pnginfo = None if args.no_metadata else png_info(record)
     save_png(event.image, path, pnginfo=pnginfo, overwrite=args.overwrite)
     return {
         "path": str(path),
         "seed": event.seed,
-        "prompt": job.params.prompt,
-        "negative_prompt": job.params.negative_prompt,
-        "steps": job.params.num_inference_steps,
-        "cfg": job.params.guidance_scale,
-        "width": job.params.width,
-        "height": job.params.height,
+        "prompt": record.prompt,
+        "negative_prompt": record.negative_prompt,
+        "steps": record.steps,
+        "cfg": record.guidance_scale,
+        "width": record.width,
+        "height": record.height,
         "scheduler": record.scheduler,
         "backend": record.backend,
         "device": record.device,
@@ -205,8 +225,18 @@ def save_image(
         "model": record.model,
         **({"revision": record.revision} if record.revision else {}),
         **({"loras": pipe.info["loras"]} if pipe.info.get("loras") else {}),
+        **{key: value for key, value in image_input_record(record).items()},
         "timings": {k: round(v, 4) for k, v in event.timings.items()},
     }
+
+
+def image_input_record(record: ImageRecord) -> dict[str, Any]:
+    """The image-input and variation fields of a record that are set, for --json."""
+    names = (
+        "strength", "init_image", "mask", "mask_blur", "paste_back", "outpaint", "resize_mode",
+        "variation_seed", "variation_strength",
+    )  # fmt: skip
+    return {name: getattr(record, name) for name in names if getattr(record, name) is not None}
 
 
 def preview_target(args: argparse.Namespace, job: Job) -> Path:
@@ -226,34 +256,33 @@ def shorten(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def model_size(args: argparse.Namespace, given: tuple[int | None, int | None]) -> tuple[int, int]:
-    """Fill a missing width/height with the model's native size (576 when it cannot be read
-    from the model's configs, e.g. an exported folder: loading reports real problems later)."""
-    if given[0] is not None and given[1] is not None:
-        return given[0], given[1]
+def early_size(args: argparse.Namespace, params: GenerationParams) -> tuple[int, int]:
+    """The output size by the plan's own rule, before the model loads (for the TensorRT size
+    check): the model's native size is read from its configs, 576 when it cannot be (e.g. an
+    exported folder: loading reports real problems later)."""
     try:
         native = native_image_size(resolve_model(args.model, args.variant, args.revision))
     except SdxsError:
         native = DEFAULT_IMAGE_SIZE
-    return given[0] or native[0], given[1] or native[1]
+    init = params.init_image
+    init_size = None if init is None else load_image(init).size  # type: ignore[arg-type]
+    return output_size(params, native, init_size)
 
 
 def run_generate(
     args: argparse.Namespace, prompts: list[str], given_size: tuple[int | None, int | None]
 ) -> int:
-    size = model_size(args, given_size)
-    jobs = plan_jobs(args, prompts, size)
-    pipe = load_pipeline(args, size)
-    total_steps = sum(
-        j.params.num_inference_steps * -(-j.params.num_images // j.params.batch_size) for j in jobs
-    )
+    jobs = plan_jobs(args, prompts, given_size)
+    pipe = load_pipeline(args, early_size(args, jobs[0].params))
+    plans = [pipe.plan(job.params) for job in jobs]  # every input checked before any image
+    total_steps = sum(p.steps_run * -(-p.params.num_images // p.params.batch_size) for p in plans)
     reporter = Reporter(args, total_steps)
     for line in pipe.components.info.get("skipped", ()):  # parts of the model left aside
         reporter.log(f"note: {line}")
     try:
-        for job in jobs:
-            reporter.log(f"prompt {shorten(job.params.prompt)!r}, seeds from {job.params.seed}")
-            for event in pipe.generate(params=job.params):
+        for job, plan in zip(jobs, plans, strict=True):
+            reporter.log(f"prompt {shorten(plan.params.prompt)!r}, seeds from {plan.seeds[0]}")
+            for event in pipe.generate(plan=plan):
                 if isinstance(event, StepEvent):
                     reporter.step()
                     save_preview(args, pipe, job, event)
