@@ -29,8 +29,8 @@ from sdxs_rt.errors import SdxsError
 from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.metadata import ImageRecord, make_record
 from sdxs_rt.params import GenerationParams
-from sdxs_rt.plan import GenerationPlan
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
+from sdxs_rt.plan import GenerationPlan
 
 logger = logging.getLogger(__name__)
 
