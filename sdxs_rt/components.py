@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sdxs_rt.errors import ModelFormatError
+from sdxs_rt.errors import ModelFormatError, UsageError
 
 if TYPE_CHECKING:  # annotations only: the CLI's help path must not import numpy
     import numpy as np
@@ -54,6 +54,32 @@ class VAEDecoder(Protocol):
     """Unscaled latents (B,16,h,w) -> images (B,3,8h,8w) in [-1, 1]."""
 
     def __call__(self, latents: Array) -> Array: ...
+
+
+class VAEEncoder(Protocol):
+    """Images (B,3,8h,8w) in [-1, 1] -> unscaled latents (B,16,h,w), for img2img.
+
+    The latents are the mean of the VAE's latent distribution, never a sample from it: the
+    same image gives the same latents on every backend (within precision), and no seed is
+    spent on it. Backend arrays in and out, the latents in the dtype the sampler works in.
+    """
+
+    def __call__(self, images: Array) -> Array: ...
+
+
+def check_encoder_images(shape: tuple[int, ...], vae_scale_factor: int) -> None:
+    """What every `VAEEncoder` accepts: (B, 3, H, W) with H and W multiples of the VAE's factor.
+
+    Said in one sentence before the VAE runs, instead of an error from deep inside a graph.
+    """
+    if len(shape) != 4 or shape[1] != 3:
+        raise UsageError(f"the VAE encoder takes images of shape (B, 3, H, W), not {shape}")
+    height, width = shape[2], shape[3]
+    if height % vae_scale_factor or width % vae_scale_factor or not height or not width:
+        raise UsageError(
+            f"the VAE encoder takes sides that are multiples of {vae_scale_factor} px, "
+            f"not {width}x{height}"
+        )
 
 
 @dataclass(frozen=True)
@@ -130,3 +156,6 @@ class Components:
     info: dict[str, Any] = field(
         default_factory=dict
     )  # backend, device, precision, model name/hash
+    # None: this loaded model cannot encode images (an export or engine build without the VAE
+    # encoder); info["vae_encoder_unavailable"] then says why.
+    vae_encoder: VAEEncoder | None = None

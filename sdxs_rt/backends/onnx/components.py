@@ -1,4 +1,4 @@
-"""The three components over ONNX Runtime graphs: numpy float32 arrays in and out.
+"""The components over ONNX Runtime graphs: numpy float32 arrays in and out.
 
 Each casts its inputs to the dtypes the graph declares (float16 graphs take float16) and
 returns float32, so the sampling core always works on float32 latents.
@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 
 from sdxs_rt.backends.onnx.sessions import GraphRunner
+from sdxs_rt.components import check_encoder_images
 from sdxs_rt.errors import EngineError
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 TEXT_ENCODER_INPUTS = ("input_ids", "attention_mask")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 VAE_DECODER_INPUTS = ("latent_sample",)
+VAE_ENCODER_INPUTS = ("sample",)
 
 
 def _cast(array: Any, dtype: np.dtype) -> np.ndarray:
@@ -93,3 +95,42 @@ class OnnxVAEDecoder:
                 f"the {self.precision} VAE decoder produced NaN or infinite pixels{hint}"
             )
         return np.clip(images, -1.0, 1.0)
+
+
+class OnnxVAEEncoder:
+    """`VAEEncoder`: images in [-1, 1] -> float32 unscaled latents, the posterior mean.
+
+    The exported graph already ends in the mean (export/wrappers.py `VAEEncoderGraph` returns
+    `encode(sample).latent_dist.mean`; its output `latent_sample` has the latent channels, not
+    the 2x of mean and log-variance), so nothing is sliced here; the shape is checked, so that
+    a foreign graph giving both halves is an error, not latents with twice the channels.
+    """
+
+    def __init__(
+        self, runner: GraphRunner, dtypes: dict[str, Any], precision: str, latent: tuple[int, int]
+    ) -> None:
+        self.runner = runner
+        self.dtypes = dtypes
+        self.precision = precision  # the graph's own (an fp16 export may keep the VAE fp32)
+        self.latent_channels, self.scale_factor = latent
+
+    def __call__(self, images: Any) -> np.ndarray:
+        check_encoder_images(tuple(images.shape), self.scale_factor)
+        latents = _float32(self.runner.run({"sample": _cast(images, self.dtypes["sample"])})[0])
+        self._check(latents, tuple(images.shape))
+        return latents
+
+    def _check(self, latents: np.ndarray, image_shape: tuple[int, ...]) -> None:
+        batch, _, height, width = image_shape
+        f = self.scale_factor
+        expected = (batch, self.latent_channels, height // f, width // f)
+        if latents.shape != expected:
+            raise EngineError(
+                f"the VAE encoder graph gave latents of shape {latents.shape}, not {expected}; "
+                "export the model again with this sdxs-rt version"
+            )
+        if not np.isfinite(latents).all():
+            hint = "; export with --precision fp32" if self.precision != "fp32" else ""
+            raise EngineError(
+                f"the {self.precision} VAE encoder produced NaN or infinite latents{hint}"
+            )

@@ -12,9 +12,11 @@ from sdxs_rt.backends.onnx.components import (
     TEXT_ENCODER_INPUTS,
     UNET_INPUTS,
     VAE_DECODER_INPUTS,
+    VAE_ENCODER_INPUTS,
     OnnxTextEncoder,
     OnnxUNet,
     OnnxVAEDecoder,
+    OnnxVAEEncoder,
 )
 from sdxs_rt.backends.onnx.providers import ProviderPlan, plan_providers
 from sdxs_rt.backends.onnx.sessions import GraphRunner, input_dtypes, make_runner, open_session
@@ -34,12 +36,21 @@ def load_components(
     revision: str | None = None,  # an exported folder is local: its source's is in the manifest
     trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
 ) -> Components:
-    """Components over the graphs in `model`, an exported folder (manifest.json beside them)."""
+    """Components over the graphs in `model`, an exported folder (manifest.json beside them).
+
+    The VAE encoder (img2img) is optional: without a usable vae_encoder graph,
+    `Components.vae_encoder` is None and info["vae_encoder_unavailable"] says why."""
     folder = exported_folder(model, text_encoder)
     manifest = read_manifest(folder)
     check_precision(manifest, precision, folder)
     plan = plan_providers(device, ort.get_available_providers())
     loaded = {name: LoadedGraph.open(folder, manifest, name, plan) for name in GRAPHS_USED}
+    encoder_graph, unavailable = open_vae_encoder(folder, manifest, plan)
+    if encoder_graph is not None:
+        loaded["vae_encoder"] = encoder_graph
+    info = components_info(manifest, plan, loaded, variant)
+    if unavailable:
+        info["vae_encoder_unavailable"] = unavailable
     return Components(
         text_encoder=OnnxTextEncoder(
             PromptTokenizer.from_file(folder / manifest.tokenizer),
@@ -53,12 +64,13 @@ def load_components(
         vae_decoder=OnnxVAEDecoder(
             loaded["vae_decoder"].runner, loaded["vae_decoder"].dtypes, manifest.precision
         ),
+        vae_encoder=vae_encoder_component(encoder_graph, manifest),
         ops=NumpyOps(),
         scheduler_config=dict(manifest.scheduler_config),
         latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
         latent_channels=manifest.latent_channels,
         vae_scale_factor=manifest.vae_scale_factor,
-        info=components_info(manifest, plan, loaded, variant),
+        info=info,
     )
 
 
@@ -68,6 +80,31 @@ GRAPHS_USED = {
     "unet": UNET_INPUTS,
     "vae_decoder": VAE_DECODER_INPUTS,
 }
+GRAPH_INPUTS = {**GRAPHS_USED, "vae_encoder": VAE_ENCODER_INPUTS}
+
+
+def open_vae_encoder(
+    folder: Path, manifest: Manifest, plan: ProviderPlan
+) -> tuple[LoadedGraph | None, str | None]:
+    """The img2img graph, or None and why. Text-to-image never needs it, so a folder without
+    it (written before it was exported, or trimmed) or with a damaged one still loads."""
+    if "vae_encoder" not in manifest.graphs:
+        return None, (
+            f"{folder / MANIFEST_NAME} lists no vae_encoder graph; export the model again "
+            "with 'sdxs-rt export onnx' to encode init images"
+        )
+    try:
+        return LoadedGraph.open(folder, manifest, "vae_encoder", plan), None
+    except EngineError as err:
+        return None, str(err)
+
+
+def vae_encoder_component(graph: LoadedGraph | None, manifest: Manifest) -> OnnxVAEEncoder | None:
+    if graph is None:
+        return None
+    precision = manifest.graphs["vae_encoder"].precision  # fp16 exports may keep the VAE fp32
+    latent = (manifest.latent_channels, manifest.vae_scale_factor)
+    return OnnxVAEEncoder(graph.runner, graph.dtypes, precision, latent)
 
 
 class LoadedGraph:
@@ -86,7 +123,7 @@ class LoadedGraph:
                 f"{folder / MANIFEST_NAME} lists no {name} graph; export the model again"
             )
         session = open_session(folder, entry, plan)
-        dtypes = input_dtypes(session, entry, GRAPHS_USED[name])
+        dtypes = input_dtypes(session, entry, GRAPH_INPUTS[name])
         return cls(session, dtypes, make_runner(session, entry.file, plan))
 
     def scalar_input(self, name: str) -> bool:

@@ -15,11 +15,15 @@ from sdxs_rt.backends.torch.fast import (
     use_channels_last,
 )
 from sdxs_rt.backends.torch.lora import LoraSpec, parse_lora_spec
-from sdxs_rt.backends.torch.low_vram import MemoryLayout, ParkedVAEDecoder
+from sdxs_rt.backends.torch.low_vram import MemoryLayout, ParkedVAEDecoder, ParkedVAEEncoder
 from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
 from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.unet import TorchUNet
-from sdxs_rt.backends.torch.vae import TorchVAEDecoder, latent_scaling_from_config
+from sdxs_rt.backends.torch.vae import (
+    TorchVAEDecoder,
+    TorchVAEEncoder,
+    latent_scaling_from_config,
+)
 from sdxs_rt.components import Components, latent_scaling_note
 from sdxs_rt.errors import OutOfMemoryError
 from sdxs_rt.loading import ModelFiles, model_hash, resolve_model
@@ -59,7 +63,8 @@ def load_components(
     "FILE:SCALE" strings) merged into the U-Net weights at load time. `revision`: the hub
     branch, tag or commit of `model` (the text encoder's own repo is not pinned by it).
     `low_vram`: the small-card mode of `low_vram.py` (text encoder and VAE parked on the CPU
-    between uses, VAE decoded in tiles; the U-Net stays on the GPU)."""
+    between uses, VAE decoded and encoded in tiles; the U-Net stays on the GPU). The VAE encoder
+    (img2img) shares the decoder's AutoencoderKL: always available here."""
     fast = fast if fast is not None else FastPathOptions.from_env()
     layout = MemoryLayout.choose(fast, low_vram)
     lora_specs = [parse_lora_spec(spec) for spec in loras]
@@ -69,7 +74,7 @@ def load_components(
     torch_device = resolve_device(device)
     dtype = resolve_dtype(precision, torch_device)
     try:
-        encoder, unet, vae = _load_models(
+        encoder, unet, (vae_decoder, vae_encoder) = _load_models(
             files, encoder_files, torch_device, dtype, trust_remote_code, layout, lora_specs
         )
     except torch.OutOfMemoryError:
@@ -98,7 +103,8 @@ def load_components(
     return Components(
         text_encoder=Float32Embeddings(encoder, torch_device),
         unet=accelerate_unet(unet, fast) if fast is not None else unet,
-        vae_decoder=vae,
+        vae_decoder=vae_decoder,
+        vae_encoder=vae_encoder,
         ops=TorchOps(torch_device, torch.float32, pinned_staging=fast is not None),
         scheduler_config=files.scheduler_config,
         latent_scaling=latent_scaling_from_config(files.vae_config, latent_channels),
@@ -122,9 +128,10 @@ def _load_models(
     trust_remote_code: bool,
     layout: MemoryLayout,
     loras: Sequence[LoraSpec],
-) -> tuple[Any, TorchUNet, TorchVAEDecoder | ParkedVAEDecoder]:
-    """(text encoder, U-Net, VAE decoder). With the offload on, the encoder is loaded first and
-    parked on the CPU at once, so it never shares the GPU with the U-Net at load time."""
+) -> tuple[Any, TorchUNet, tuple[Any, Any]]:
+    """(text encoder, U-Net, (VAE decoder, VAE encoder)). With the offload on, the text encoder is
+    loaded first and parked on the CPU at once, so it never shares the GPU with the U-Net at
+    load time."""
     encoder: Any = None
     if layout.offload_text_encoder:
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
@@ -145,4 +152,12 @@ def _load_models(
         use_channels_last(vae.vae)
     if encoder is None:
         encoder = load_text_encoder(encoder_files, device, dtype, trust_remote_code)
-    return encoder, unet, ParkedVAEDecoder(vae) if layout.park_vae else vae
+    return encoder, unet, vae_parts(vae, layout.park_vae)
+
+
+def vae_parts(decoder: TorchVAEDecoder, park: bool) -> tuple[Any, Any]:
+    """(decoder, encoder) over one AutoencoderKL, parked on the CPU between uses when `park`."""
+    encoder = TorchVAEEncoder.sharing(decoder)  # before parking: it runs where the decoder runs
+    if park:
+        return ParkedVAEDecoder(decoder), ParkedVAEEncoder(encoder)
+    return decoder, encoder

@@ -5,9 +5,11 @@ every step would cost far more than the step. Everything else makes room for the
 
 - the text encoder (a 0.56B-parameter tower, 1.12 GB) waits on the CPU and visits the GPU only
   to encode a prompt it has not seen recently (`fast.OffloadedTextEncoder`);
-- the VAE waits on the CPU as well and visits the GPU only to decode (`ParkedVAEDecoder`);
-- the VAE decodes in 256-px tiles (3 x 3 at 576 px), about a fifth of a whole image's
-  activations;
+- the VAE waits on the CPU as well and visits the GPU only to decode or, for img2img, to encode
+  (`ParkedVAEDecoder`, `ParkedVAEEncoder`: one AutoencoderKL, back on the CPU after either);
+- the VAE decodes and encodes in 256-px tiles (3 x 3 at 576 px), about a fifth of a whole
+  image's activations; tiled encoding is diffusers' blended tiles, an approximation of the
+  whole-image latents near the seams (tests/test_vae_encoder.py measures it);
 - the allocator's cached blocks go back to the driver between phases (after encoding, before
   and after decoding), so one phase's cache never sits under the next phase's tensors.
 
@@ -24,7 +26,12 @@ import torch
 from torch import nn
 
 from sdxs_rt.backends.torch.fast import FastPathOptions
-from sdxs_rt.backends.torch.vae import TorchVAEDecoder, release_cached_memory
+from sdxs_rt.backends.torch.vae import (
+    TorchVAEDecoder,
+    TorchVAEEncoder,
+    VAEPart,
+    release_cached_memory,
+)
 
 LOW_VRAM_TILE_SIZE = 256  # px per VAE tile side (32 latent pixels)
 CPU = torch.device("cpu")
@@ -32,7 +39,8 @@ CPU = torch.device("cpu")
 
 @dataclass(frozen=True)
 class MemoryLayout:
-    """Where the parts wait between uses, in which memory format, and how the VAE decodes."""
+    """Where the parts wait between uses, in which memory format, and how the VAE decodes and
+    encodes."""
 
     offload_text_encoder: bool = False
     park_vae: bool = False
@@ -58,26 +66,43 @@ class MemoryLayout:
         }
 
 
-class ParkedVAEDecoder:
-    """`sdxs_rt.components.VAEDecoder` whose weights wait on the CPU and visit the GPU only to
-    decode. The allocator's cache goes back to the driver before decoding (the sampling's
-    activations) and after (the decode's), so the two phases do not stack."""
+class ParkedVAEPart:
+    """A VAE part (decoder or encoder) whose weights wait on the CPU and visit the GPU only for
+    a call. The allocator's cache goes back to the driver before the call (the sampling's
+    activations) and after (the VAE's), so the two phases do not stack."""
 
-    def __init__(self, decoder: TorchVAEDecoder, *, active: bool | None = None) -> None:
-        self.decoder = decoder
-        self.device = decoder.device
+    def __init__(self, part: VAEPart, *, active: bool | None = None) -> None:
+        self.part = part
+        self.device = part.device
         self.active = self.device.type == "cuda" if active is None else active
         self._move(CPU)
 
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+    def __call__(self, array: torch.Tensor) -> torch.Tensor:
         release_cached_memory(self.device)
         self._move(self.device)
         try:
-            return self.decoder(latents)
+            return self.part(array)
         finally:
             self._move(CPU)
             release_cached_memory(self.device)
 
     def _move(self, device: torch.device) -> None:
         if self.active:
-            nn.Module.to(self.decoder.vae, device)  # ModelMixin.to warns needlessly
+            nn.Module.to(self.part.vae, device)  # ModelMixin.to warns needlessly
+
+
+class ParkedVAEDecoder(ParkedVAEPart):
+    """`sdxs_rt.components.VAEDecoder`, parked on the CPU between decodes."""
+
+    def __init__(self, decoder: TorchVAEDecoder, *, active: bool | None = None) -> None:
+        super().__init__(decoder, active=active)
+        self.decoder = decoder
+
+
+class ParkedVAEEncoder(ParkedVAEPart):
+    """`sdxs_rt.components.VAEEncoder`, parked on the CPU between encodes: the same weights as
+    the parked decoder (one AutoencoderKL), so encoding, too, never leaves the VAE on the GPU."""
+
+    def __init__(self, encoder: TorchVAEEncoder, *, active: bool | None = None) -> None:
+        super().__init__(encoder, active=active)
+        self.encoder = encoder
