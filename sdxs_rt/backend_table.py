@@ -21,7 +21,8 @@ from typing import Literal
 from sdxs_rt.errors import DeviceError, UsageError
 
 # "always": every model it loads can encode images (img2img); "when_exported": only a folder
-# whose export holds vae_encoder/. What a loaded model has: `Components.vae_encoder`.
+# whose export holds vae_encoder/ (TensorRT: and a built engine for it). What a loaded model
+# has: `Components.vae_encoder` (None, with info["vae_encoder_unavailable"] saying why).
 ImageEncoder = Literal["always", "when_exported"]
 
 
