@@ -29,6 +29,8 @@ from diffusers import AutoencoderKL  # noqa: E402
 
 from sdxs_rt.array_ops import NumpyOps  # noqa: E402
 from sdxs_rt.backends.onnx import load_components as load_onnx  # noqa: E402
+from sdxs_rt.backends.tensorrt import builder as builder_module  # noqa: E402
+from sdxs_rt.backends.tensorrt.wrappers import DeferredEngine, TrtVAEEncoder  # noqa: E402
 from sdxs_rt.backends.torch import load_components as load_torch  # noqa: E402
 from sdxs_rt.backends.torch.low_vram import LOW_VRAM_TILE_SIZE  # noqa: E402
 from sdxs_rt.backends.torch.vae import TorchVAEEncoder, VAEEncodeError  # noqa: E402
@@ -36,6 +38,9 @@ from sdxs_rt.components import Components, LatentScaling  # noqa: E402
 from sdxs_rt.errors import EngineError, OutOfMemoryError, UsageError  # noqa: E402
 from sdxs_rt.graphs import MANIFEST_NAME  # noqa: E402
 from sdxs_rt.pipeline import scale_latents, unscale_latents  # noqa: E402
+from tests import test_tensorrt  # noqa: E402
+from tests.fake_tensorrt import SMALL, FakeContext  # noqa: E402
+from tests.test_tensorrt import FakeStream  # noqa: E402
 
 LATENT_CHANNELS = 16
 TORCH_VS_DIFFUSERS = 1e-6  # the same module and ops: only summation order may differ
@@ -330,3 +335,133 @@ def test_onnx_encoder_refuses_latents_of_the_wrong_shape() -> None:
     encoder = OnnxVAEEncoder(Moments(), {"sample": np.float32}, "fp32", (LATENT_CHANNELS, 8))
     with pytest.raises(EngineError, match=r"\(1, 32, 8, 8\), not \(1, 16, 8, 8\)"):
         encoder(np.zeros((1, 3, 64, 64), np.float32))
+
+
+# --- TensorRT: cannot run here; the wrapper over a numeric stand-in, the loader over fakes ------
+
+
+class PoolingEngine:
+    """Stands in for an fp16 engine: latent_sample = each 8x8 block's mean, per colour channel,
+    repeated over the 16 latent channels, computed in float16 as such an engine returns it."""
+
+    def __init__(self) -> None:
+        self.opened = 0  # for DeferredEngine: how often it was opened
+
+    def open(self) -> PoolingEngine:
+        self.opened += 1
+        return self
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pooled = torch.nn.functional.avg_pool2d(feeds["sample"].half(), 8)
+        return {"latent_sample": pooled.repeat(1, 6, 1, 1)[:, :LATENT_CHANNELS]}
+
+
+def pooled_reference(x: torch.Tensor) -> torch.Tensor:
+    blocks = x.reshape(x.shape[0], 3, x.shape[2] // 8, 8, x.shape[3] // 8, 8).mean(dim=(3, 5))
+    return blocks.repeat(1, 6, 1, 1)[:, :LATENT_CHANNELS]
+
+
+def test_trt_encoder_feeds_sample_and_returns_float32_latent_sample() -> None:
+    encoder = TrtVAEEncoder(PoolingEngine(), "/m")  # type: ignore[arg-type]
+    x = images(2, 64, 96)
+    latents = encoder(x)
+    assert latents.dtype == torch.float32 and latents.shape == (2, LATENT_CHANNELS, 8, 12)
+    torch.testing.assert_close(latents, pooled_reference(x), atol=2e-3, rtol=0)  # fp16 rounding
+    with pytest.raises(UsageError, match="multiples of 8 px"):
+        encoder(torch.zeros(1, 3, 64, 66))
+
+
+def test_trt_encoder_refuses_an_fp16_overflow() -> None:
+    encoder = TrtVAEEncoder(PoolingEngine(), "/m")  # type: ignore[arg-type]
+    too_bright = torch.full((1, 3, 64, 64), 1e5)  # beyond float16's 65504: inf
+    with pytest.raises(EngineError, match="--model /m --precision fp32"):
+        encoder(too_bright)
+
+
+def test_the_deferred_engine_opens_on_the_first_encode_only() -> None:
+    stand_in = PoolingEngine()
+    encoder = TrtVAEEncoder(DeferredEngine(stand_in.open))  # type: ignore[arg-type]
+    assert stand_in.opened == 0  # loading costs no engine memory
+    x = images(1, 64, 64)
+    first, second = encoder(x), encoder(x)
+    assert stand_in.opened == 1
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    torch.testing.assert_close(first, pooled_reference(x), atol=2e-3, rtol=0)
+
+
+# tests/test_tensorrt.py's fixtures: a fake TensorRT (10.x and 11.x), this machine as it sees
+# it, an engine cache in tmp_path and an export with stand-in graphs
+fake_trt, here = test_tensorrt.fake_trt, test_tensorrt.here
+engine_dir, exported = test_tensorrt.engine_dir, test_tensorrt.exported
+
+
+@pytest.fixture
+def trt_loader_on_cpu(
+    fake_trt: Any, exported: Path, engine_dir: Path, here: Any, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The loader over fake engines, on CPU memory with fake streams (as tests/test_tensorrt.py)."""
+    from sdxs_rt.backends.tensorrt import loader, runtime
+
+    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
+    monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
+    return exported
+
+
+def _load_trt(folder: Path) -> Components:
+    from sdxs_rt.backends.tensorrt import load_components
+
+    return load_components(str(folder), device="cuda", precision="fp16")
+
+
+def test_trt_without_an_encoder_engine_loads_without_an_encoder(trt_loader_on_cpu: Path) -> None:
+    builder_module.build_engines(trt_loader_on_cpu, SMALL)  # what `engine build` builds today
+    components = _load_trt(trt_loader_on_cpu)
+    assert components.vae_encoder is None
+    reason = components.info["vae_encoder_unavailable"]
+    assert "no TensorRT vae_encoder engine" in reason
+    assert "builds only the text_encoder, unet, vae_decoder engines" in reason
+    assert "vae_encoder" not in components.info["engines"]
+
+
+def _fake_encoder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake context knows the decoder's output shape only; teach it the encoder's."""
+    real = FakeContext.get_tensor_shape
+
+    def shape(self: FakeContext, name: str) -> tuple[int, ...]:
+        if name == "latent_sample" and self.engine.graph == "vae_encoder":
+            batch, _, height, width = self.shapes["sample"]
+            return (batch, LATENT_CHANNELS, height // 8, width // 8)
+        return real(self, name)
+
+    monkeypatch.setattr(FakeContext, "get_tensor_shape", shape)
+
+
+def test_trt_with_an_encoder_engine_encodes_through_it(
+    trt_loader_on_cpu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a builder that also builds the encoder (today's builds only the text-to-image graphs)
+    graphs = (*builder_module.RUNTIME_GRAPHS, "vae_encoder")
+    monkeypatch.setattr(builder_module, "RUNTIME_GRAPHS", graphs)
+    builder_module.build_engines(trt_loader_on_cpu, SMALL)
+    _fake_encoder_runs(monkeypatch)
+    components = _load_trt(trt_loader_on_cpu)
+    encoder: Any = components.vae_encoder
+    assert encoder is not None and "vae_encoder_unavailable" not in components.info
+    assert Path(components.info["engines"]["vae_encoder"]).is_file()
+    assert encoder.engine.engine is None  # chosen at load, opened at the first encode
+    latents = encoder(torch.zeros(1, 3, 64, 128))
+    assert latents.dtype == torch.float32 and latents.shape == (1, LATENT_CHANNELS, 8, 16)
+    assert bool((latents == 0.5).all())  # what the fake engine writes through the bound buffer
+    with pytest.raises(UsageError, match="outside this engine's profile"):
+        encoder(torch.zeros(1, 3, 256, 256))  # SMALL covers 64..128 px
+
+
+def test_trt_with_a_manifest_without_the_encoder_graph(trt_loader_on_cpu: Path) -> None:
+    builder_module.build_engines(trt_loader_on_cpu, SMALL)
+    manifest = json.loads((trt_loader_on_cpu / MANIFEST_NAME).read_text())
+    del manifest["graphs"]["vae_encoder"]
+    (trt_loader_on_cpu / MANIFEST_NAME).write_text(json.dumps(manifest))
+    components = _load_trt(trt_loader_on_cpu)
+    assert components.vae_encoder is None
+    assert "lists no vae_encoder graph" in components.info["vae_encoder_unavailable"]

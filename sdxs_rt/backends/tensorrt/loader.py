@@ -21,7 +21,13 @@ from sdxs_rt.backends.tensorrt.profile import (
 )
 from sdxs_rt.backends.tensorrt.runtime import TrtEngine, deserialize
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
-from sdxs_rt.backends.tensorrt.wrappers import TrtTextEncoder, TrtUNet, TrtVAEDecoder
+from sdxs_rt.backends.tensorrt.wrappers import (
+    DeferredEngine,
+    TrtTextEncoder,
+    TrtUNet,
+    TrtVAEDecoder,
+    TrtVAEEncoder,
+)
 from sdxs_rt.backends.torch.ops import TorchOps
 from sdxs_rt.components import Components
 from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
@@ -60,7 +66,10 @@ def load_components(
     revision: str | None = None,  # an exported folder is local: its source's is in the manifest
     trust_remote_code: bool = False,  # nothing runs from the hub here: ignored
 ) -> Components:
-    """Components over the cached engines of `model`, an exported folder."""
+    """Components over the cached engines of `model`, an exported folder.
+
+    The VAE encoder (img2img) is optional: without a usable vae_encoder engine,
+    `Components.vae_encoder` is None and info["vae_encoder_unavailable"] says why."""
     folder = exported_folder(model, text_encoder)
     manifest = read_manifest(folder)
     check_precision(precision)
@@ -71,16 +80,23 @@ def load_components(
     opened = {graph: open_engine(plan, graph) for graph in RUNTIME_GRAPHS}
     engines = {graph: engine for graph, (engine, _) in opened.items()}
     cached = {graph: entry for graph, (_, entry) in opened.items()}
+    vae_encoder, engine_or_reason = vae_encoder_component(plan)
+    info = components_info(plan, cached, variant)
+    if isinstance(engine_or_reason, CachedEngine):
+        info["engines"]["vae_encoder"] = str(engine_or_reason.engine_path)
+    else:
+        info["vae_encoder_unavailable"] = engine_or_reason
     return Components(
         text_encoder=text_encoder_component(plan, engines["text_encoder"], cached),
         unet=TrtUNet(engines["unet"]),
         vae_decoder=TrtVAEDecoder(engines["vae_decoder"], str(folder)),
+        vae_encoder=vae_encoder,
         ops=TorchOps(torch_device, torch.float32),
         scheduler_config=dict(manifest.scheduler_config),
         latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
         latent_channels=manifest.latent_channels,
         vae_scale_factor=manifest.vae_scale_factor,
-        info=components_info(plan, cached, variant),
+        info=info,
     )
 
 
@@ -118,6 +134,40 @@ def open_engine(plan: LoadPlan, graph: str) -> tuple[TrtEngine, CachedEngine]:
     trt_engine.runtime = runtime
     check_io_names(trt_engine, graph, plan)
     return trt_engine, cached
+
+
+def vae_encoder_component(plan: LoadPlan) -> tuple[TrtVAEEncoder | None, CachedEngine | str]:
+    """(the encoder, its cached engine), or (None, why there is none).
+
+    The engine is chosen now, so a missing one is known at load; it is opened on the first
+    encode (`DeferredEngine`). Its profile stays out of "engine_profile", which says what sizes
+    text-to-image can run."""
+    graph = "vae_encoder"
+    entry = plan.manifest.graphs.get(graph)
+    if entry is None:
+        return None, (
+            f"{plan.folder / MANIFEST_NAME} lists no {graph} graph; export the model again "
+            "with 'sdxs-rt export onnx' to encode init images"
+        )
+    recorded = plan.manifest.engines.get(graph)
+    query = EngineQuery(graph, entry.sha256, plan.precision, plan.folder, recorded)
+    try:
+        cached = select_engine(query, plan.environment)
+    except EngineError as err:
+        return None, missing_encoder_reason(err, plan.folder)
+    engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
+    return TrtVAEEncoder(engine, str(plan.folder), plan.manifest.vae_scale_factor), cached
+
+
+def missing_encoder_reason(err: EngineError, folder: Path) -> str:
+    """The selection's own reason, unless it says to run a build that would not build one."""
+    if "vae_encoder" in RUNTIME_GRAPHS:
+        return str(err)
+    return (
+        f"there is no TensorRT vae_encoder engine for {folder}, and 'sdxs-rt engine build' "
+        f"builds only the {', '.join(RUNTIME_GRAPHS)} engines; encode init images with "
+        "--backend onnx or torch"
+    )
 
 
 def check_io_names(engine: TrtEngine, graph: str, plan: LoadPlan) -> None:

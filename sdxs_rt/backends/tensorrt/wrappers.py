@@ -1,4 +1,4 @@
-"""The component protocols (TextEncoder, UNet, VAEDecoder) over TensorRT engines.
+"""The component protocols (TextEncoder, UNet, VAEDecoder, VAEEncoder) over TensorRT engines.
 
 Arrays are float32 torch CUDA tensors, as with the torch backend on CUDA; each engine takes
 and returns the dtypes its graph was exported with, and `TrtEngine` casts at the boundary.
@@ -6,11 +6,12 @@ and returns the dtypes its graph was exported with, and `TrtEngine` casts at the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
 from sdxs_rt.backends.tensorrt.runtime import TrtEngine
+from sdxs_rt.components import check_encoder_images
 from sdxs_rt.errors import EngineError
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
@@ -66,3 +67,50 @@ class TrtVAEDecoder:
                 f"in fp32: `sdxs-rt engine build --model {self.model_dir} --precision fp32`"
             )
         return images
+
+
+Feeds = Mapping[str, torch.Tensor]
+
+
+class DeferredEngine:
+    """An engine opened (deserialised, its execution context created) on its first call.
+
+    For the VAE encoder, which only img2img runs: an execution context holds activation memory
+    for its profile's largest shape from creation on (TensorRT's default static allocation), and
+    text-to-image on a small card should not pay for it.
+    """
+
+    def __init__(self, open_engine: Callable[[], TrtEngine]) -> None:
+        self.open_engine = open_engine
+        self.engine: TrtEngine | None = None
+
+    def __call__(self, feeds: Feeds) -> dict[str, torch.Tensor]:
+        if self.engine is None:
+            self.engine = self.open_engine()
+        return self.engine(feeds)
+
+
+class TrtVAEEncoder:
+    """Images in [-1, 1] -> unscaled latents, float32: the posterior mean, since the engine is
+    built from the exported vae_encoder graph, which ends in it. NaN/inf is an error."""
+
+    def __init__(
+        self,
+        engine: TrtEngine | DeferredEngine,
+        model_dir: str = "DIR",
+        vae_scale_factor: int = 8,
+    ) -> None:
+        self.engine = engine
+        self.model_dir = model_dir
+        self.vae_scale_factor = vae_scale_factor
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        check_encoder_images(tuple(images.shape), self.vae_scale_factor)
+        latents = self.engine({"sample": images})["latent_sample"].float()
+        if not bool(torch.isfinite(latents).all()):
+            raise EngineError(
+                "the VAE encoder engine produced NaN or infinite latents (an fp16 overflow); "
+                f"build the engines in fp32: `sdxs-rt engine build --model {self.model_dir} "
+                "--precision fp32`"
+            )
+        return latents
