@@ -153,6 +153,7 @@ class Components:
     latent_scaling: LatentScaling = field(default_factory=LatentScaling)
     latent_channels: int = 16
     vae_scale_factor: int = 8
+    native_size: tuple[int, int] = (576, 576)  # (width, height) when a request names none
     info: dict[str, Any] = field(
         default_factory=dict
     )  # backend, device, precision, model name/hash

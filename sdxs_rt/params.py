@@ -46,6 +46,13 @@ class GenerationParams:
     outpaint: tuple[int, int, int, int] | None = None  # left, right, top, bottom, in px
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    # Hires fix (text to image only): draw at width x height, upscale by `hires_scale` with
+    # `hires_upscaler` ("lanczos": decode, resize the pixels, encode; "latent": resize the
+    # latents), then an img2img pass of `hires_steps` (None: the same steps) at `hires_strength`.
+    hires_scale: float | None = None
+    hires_strength: float = 0.5
+    hires_steps: int | None = None
+    hires_upscaler: str = "lanczos"
 
     def validate(self) -> GenerationParams:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -60,6 +67,7 @@ class GenerationParams:
             raise UsageError("the prompt and the negative prompt must be strings")
         check_image_options(self)
         check_variation(self.variation_seed, self.variation_strength, self.num_images)
+        check_hires(self)
         return self
 
 
@@ -77,6 +85,32 @@ def check_image_options(params: GenerationParams) -> None:
     blur = params.mask_blur
     if not isinstance(blur, int) or isinstance(blur, bool) or blur < 0:
         raise UsageError(f"mask blur must be a whole number of pixels >= 0, got {blur!r}")
+
+
+HIRES_UPSCALERS = ("lanczos", "latent")
+MAX_HIRES_SCALE = 4.0
+
+
+def check_hires(params: GenerationParams) -> None:
+    if params.hires_scale is None:
+        return
+    scale = params.hires_scale
+    if not (_is_number(scale) and 1 < scale <= MAX_HIRES_SCALE):
+        raise UsageError(f"hires scale must be a number in (1, {MAX_HIRES_SCALE:g}], got {scale!r}")
+    if params.init_image is not None:
+        raise UsageError(
+            "hires fix is for text to image; with an init image, ask for the size you want"
+        )
+    strength = params.hires_strength
+    if not (_is_number(strength) and 0 < strength <= 1):
+        raise UsageError(f"hires strength must be a number in (0, 1], got {strength!r}")
+    if params.hires_steps is not None:
+        check_steps(params.hires_steps)
+    if params.hires_upscaler not in HIRES_UPSCALERS:
+        raise UsageError(
+            f"unknown hires upscaler {params.hires_upscaler!r}; "
+            f"choose one of: {', '.join(HIRES_UPSCALERS)}"
+        )
 
 
 def check_variation(seed: int | None, strength: float, count: int) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from sdxs_rt.guidance import guided_model
 from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
-from sdxs_rt.plan import GenerationPlan, ImageInputs, ModelFacts, make_plan
+from sdxs_rt.plan import GenerationPlan, HiresPass, ImageInputs, ModelFacts, make_plan
 from sdxs_rt.rng import BatchNoise
 from sdxs_rt.sampler_schedule import SamplerSchedule
 from sdxs_rt.samplers import sample
@@ -161,7 +161,8 @@ class Pipeline:
 
     def no_encoder_reason(self) -> str:
         reason = self.components.info.get("vae_encoder_unavailable")
-        return f"this model cannot take an init image: {reason or 'it has no VAE encoder'}"
+        reason = reason or "it has no VAE encoder"
+        return f"this model cannot encode images (init image, hires fix through pixels): {reason}"
 
     @property
     def model_facts(self) -> ModelFacts:
@@ -176,7 +177,10 @@ class Pipeline:
 
     def plan(self, params: GenerationParams) -> GenerationPlan:
         """Resolve a request once: defaults, seeds, schedule, sizes and prepared image inputs."""
-        if params.init_image is not None and self.components.vae_encoder is None:
+        needs_encoder = params.init_image is not None or (
+            params.hires_scale is not None and params.hires_upscaler != "latent"
+        )
+        if needs_encoder and self.components.vae_encoder is None:
             raise UsageError(self.no_encoder_reason())
         return make_plan(params, self.model_facts)
 
@@ -244,43 +248,75 @@ class Pipeline:
         init: _InitLatents | None,
     ) -> Iterator[StepEvent | ImageEvent]:
         c = self.components
-        ops = c.ops
         size = len(batch.seeds)
-        schedule = plan.schedule
-        variations = [plan.variation_for(batch.first + i) for i in range(size)]
-        noise = BatchNoise(batch.seeds, plan.latent_shape, variations)
-        context = _repeat(cond, size, ops)
-        uncontext = None if uncond is None else _repeat(uncond, size, ops)
-        model = guided_model(c.unet, context, uncontext, plan.params.guidance_scale, ops)
+        context = _repeat(cond, size, c.ops)
+        uncontext = None if uncond is None else _repeat(uncond, size, c.ops)
+        model = guided_model(c.unet, context, uncontext, plan.params.guidance_scale, c.ops)
+        clean = None if init is None else c.ops.concat([init.latents] * size)
+        first_pass = _Pass(plan.schedule, plan.latent_shape, 0)
+        mask = None if init is None else init.mask
+        latents = yield from self._sample(plan, first_pass, batch, model, clean, mask)
+        if latents is not None and plan.hires is not None:
+            hires = plan.hires
+            upscaled = self._upscale(latents, hires)
+            second = _Pass(hires.schedule, hires.latent_shape, len(plan.schedule))
+            latents = yield from self._sample(plan, second, batch, model, upscaled, None)
+        if latents is None or self._cancel.is_set():
+            return
+        yield from self._decode(plan, latents, batch)
+
+    def _sample(
+        self,
+        plan: GenerationPlan,
+        run: _Pass,
+        batch: _Batch,
+        model: Any,
+        clean: Array | None,
+        mask: Array | None,
+    ) -> Generator[StepEvent, None, Array | None]:
+        """One sampling pass from noise (clean None) or from noised `clean` latents; the final
+        latents, or None when cancelled. Each pass draws its own stream: the image's seed at
+        this pass's latent shape (the noise contract of sdxs_rt.rng)."""
+        ops = self.components.ops
+        schedule = run.schedule
+        variations = [plan.variation_for(batch.first + i) for i in range(len(batch.seeds))]
+        noise = BatchNoise(batch.seeds, run.latent_shape, variations)
         first_noise = ops.from_host(noise.draw())
         hooks: dict[str, Any] = {}
-        if init is None:
-            x_start = schedule.start_latents(first_noise)
+        if clean is None:
+            latents = schedule.start_latents(first_noise)
         else:
-            clean = ops.concat([init.latents] * size)
-            x_start = schedule.noised(clean, first_noise)
-            if init.mask is not None:
-                hooks["after_step"] = _blend_known_region(schedule, clean, first_noise, init.mask)
+            latents = schedule.noised(clean, first_noise)
+            if mask is not None:
+                hooks["after_step"] = _blend_known_region(schedule, clean, first_noise, mask)
         draw = lambda: ops.from_host(noise.draw())  # noqa: E731
-        steps = sample(schedule, model, x_start, draw, ops, **hooks)
-        latents, sampling_seconds, tick = x_start, 0.0, time.perf_counter()
-        for step in steps:
+        tick = time.perf_counter()
+        for step in sample(schedule, model, latents, draw, ops, **hooks):
             if self._cancel.is_set():
-                return
+                return None
             now = time.perf_counter()
-            sampling_seconds += now - tick
+            batch.sampling_seconds += now - tick
             yield StepEvent(
-                plan, batch.first, batch.seeds, step.index, len(schedule),
+                plan, batch.first, batch.seeds, run.first_step + step.index, plan.total_steps,
                 step.timestep, step.latents, step.denoised, now - tick,
             )  # fmt: skip
             latents, tick = step.latents, time.perf_counter()
-        if self._cancel.is_set():
-            return
-        yield from self._decode(plan, latents, batch, sampling_seconds)
+        return None if self._cancel.is_set() else latents
 
-    def _decode(
-        self, plan: GenerationPlan, latents: Array, batch: _Batch, sampling_seconds: float
-    ) -> Iterator[ImageEvent]:
+    def _upscale(self, latents: Array, hires: HiresPass) -> Array:
+        """The first pass's latents at the hires size: through pixels, or in latent space."""
+        c = self.components
+        width, height = hires.size
+        if hires.upscaler == "latent":
+            host = upscale_latents(c.ops.to_host(latents), hires.latent_shape[1:])
+            return c.ops.from_host(host)
+        images = [
+            image.resize((width, height), Image.Resampling.LANCZOS)
+            for image in self.decode(latents)
+        ]
+        return c.ops.concat([self.encode_image(image) for image in images])
+
+    def _decode(self, plan: GenerationPlan, latents: Array, batch: _Batch) -> Iterator[ImageEvent]:
         started = time.perf_counter()
         images = [self._finish(plan, image) for image in self.decode(latents)]
         decode_seconds = time.perf_counter() - started
@@ -288,7 +324,7 @@ class Pipeline:
         for offset, (seed, image) in enumerate(zip(batch.seeds, images, strict=True)):
             timings = {
                 "text_encode": batch.prepare_seconds * share,
-                "sampling": sampling_seconds * share,
+                "sampling": batch.sampling_seconds * share,
                 "decode": decode_seconds * share,
             }
             yield ImageEvent(plan, batch.first + offset, seed, image, timings)
@@ -302,11 +338,19 @@ class Pipeline:
         return image_inputs.paste_back(image, inputs.init, inputs.mask)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Batch:
     first: int
     seeds: tuple[int, ...]
     prepare_seconds: float  # prompt (and init image) encoding, charged to the first batch
+    sampling_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Pass:
+    schedule: SamplerSchedule
+    latent_shape: tuple[int, int, int]
+    first_step: int  # the StepEvent index of its first step (a hires pass follows the first)
 
 
 @dataclass(frozen=True)
@@ -326,6 +370,17 @@ def _blend_known_region(
         return x * mask + known * (1.0 - mask)
 
     return blend
+
+
+def upscale_latents(latents: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(B, C, h, w) -> (B, C, H, W): each channel resized bilinearly (Pillow's float images)."""
+    height, width = size
+    batch, channels = latents.shape[:2]
+    out = np.empty((batch, channels, height, width), np.float32)
+    for b, c in np.ndindex(batch, channels):
+        channel = Image.fromarray(latents[b, c].astype(np.float32), "F")
+        out[b, c] = np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR))
+    return out
 
 
 def _repeat(embedding: Array, count: int, ops: ArrayOps) -> Array:

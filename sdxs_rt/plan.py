@@ -69,6 +69,19 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class HiresPass:
+    """The second pass of a hires fix: img2img of the upscaled first image at `size`."""
+
+    scale: float
+    size: tuple[int, int]  # (width, height), the output size
+    upscaler: str  # "lanczos" (pixels, through the VAE) or "latent"
+    strength: float
+    steps: int  # inference steps of the full schedule it slices
+    schedule: SamplerSchedule
+    latent_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
 class GenerationPlan:
     params: GenerationParams  # defaults applied: seed, scheduler, width, height, strength
     seeds: tuple[int, ...]  # one per image
@@ -76,6 +89,7 @@ class GenerationPlan:
     schedule: SamplerSchedule  # the steps that run (an img2img slice of the full schedule)
     latent_shape: tuple[int, int, int]  # (C, h, w) of one image
     inputs: ImageInputs | None
+    hires: HiresPass | None = None
 
     @property
     def scheduler(self) -> str:
@@ -86,9 +100,19 @@ class GenerationPlan:
         return len(self.schedule)
 
     @property
+    def total_steps(self) -> int:
+        """Sampler steps per batch, both passes of a hires fix counted."""
+        return self.steps_run + (0 if self.hires is None else len(self.hires.schedule))
+
+    @property
     def size(self) -> tuple[int, int]:
+        """The size of the first pass (the request's); `output_size` is the image's."""
         assert self.params.width is not None and self.params.height is not None
         return self.params.width, self.params.height
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.size if self.hires is None else self.hires.size
 
     def variation_for(self, index: int) -> Variation | None:
         return None if self.variations is None else self.variations[index]
@@ -118,6 +142,36 @@ def make_plan(params: GenerationParams, model: ModelFacts) -> GenerationPlan:
         schedule=schedule,
         latent_shape=(model.latent_channels, height // f, width // f),
         inputs=None if init is None else _image_inputs(params, init),
+        hires=None if params.hires_scale is None else _hires_pass(params, model),
+    )
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """Each side times `scale`, to the nearest multiple of 64 (at least one step larger)."""
+    sides = (
+        max(side + SIZE_STEP, round(side * scale / SIZE_STEP) * SIZE_STEP)
+        for side in (width, height)
+    )
+    return tuple(sides)  # type: ignore[return-value]
+
+
+def _hires_pass(params: GenerationParams, model: ModelFacts) -> HiresPass:
+    assert params.width is not None and params.height is not None
+    assert params.hires_scale is not None and params.scheduler is not None
+    width, height = hires_size(params.width, params.height, params.hires_scale)
+    check_size("hires width", width)
+    check_size("hires height", height)
+    steps = params.hires_steps or params.num_inference_steps
+    full = build_schedule(params.scheduler, model.scheduler_config, steps)
+    f = model.vae_scale_factor
+    return HiresPass(
+        scale=params.hires_scale,
+        size=(width, height),
+        upscaler=params.hires_upscaler,
+        strength=params.hires_strength,
+        steps=steps,
+        schedule=full.for_strength(params.hires_strength),
+        latent_shape=(model.latent_channels, height // f, width // f),
     )
 
 
@@ -125,6 +179,11 @@ def output_size(
     params: GenerationParams, native: tuple[int, int], init_size: tuple[int, int] | None
 ) -> tuple[int, int]:
     """The size rule of the module docstring; each side given wins on its own."""
+    if params.outpaint is not None:
+        # Before the sizes: a bad amount would otherwise be blamed on the width or height.
+        if len(params.outpaint) != len(image_inputs.OUTPAINT_SIDES):
+            raise UsageError(f"outpaint takes four amounts, got {params.outpaint!r}")
+        image_inputs.check_outpaint_amounts(*params.outpaint)
     left, right, top, bottom = params.outpaint or (0, 0, 0, 0)
     if init_size is None:
         default = native

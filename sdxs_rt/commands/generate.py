@@ -176,10 +176,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_image_input_arguments(p)
     add_variation_arguments(p)
+    add_hires_arguments(p)
 
 
-# Kept equal to sdxs_rt.image_inputs.RESIZE_MODES by a test: that module loads numpy and PIL.
+# Kept equal to sdxs_rt.image_inputs.RESIZE_MODES and sdxs_rt.params.HIRES_UPSCALERS by a
+# test: those modules load numpy and PIL.
 RESIZE_MODES = ("crop", "stretch")
+HIRES_UPSCALERS = ("lanczos", "latent")
 
 
 def add_image_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,3 +300,38 @@ def run(args: argparse.Namespace) -> int:
     from sdxs_rt.commands.generate_run import run_generate
 
     return run_generate(args, prompts=read_prompts(args), given_size=parse_size(args))
+
+
+def add_hires_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "hires fix",
+        "draw at the size, upscale, then redraw details with an img2img pass at the larger size",
+    )
+    group.add_argument(
+        "--hires-scale",
+        type=float,
+        default=None,
+        metavar="F",
+        help="upscale factor in (1, 4]; each side is rounded to a multiple of 64",
+    )
+    group.add_argument(
+        "--hires-strength",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="strength of the second pass (default 0.5)",
+    )
+    group.add_argument(
+        "--hires-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps of the second pass's schedule (default: --steps); int(N * S) run",
+    )
+    group.add_argument(
+        "--hires-upscaler",
+        choices=HIRES_UPSCALERS,
+        default="lanczos",
+        help="lanczos: decode, resize the pixels, encode again (default); latent: resize the "
+        "latents (faster, softer)",
+    )

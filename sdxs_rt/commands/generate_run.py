@@ -17,7 +17,7 @@ from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
 from sdxs_rt.metadata import ImageRecord, make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
-from sdxs_rt.plan import output_size
+from sdxs_rt.plan import hires_size, output_size
 from sdxs_rt.progress import bar_wanted
 from sdxs_rt.rng import random_seed
 
@@ -77,6 +77,10 @@ def image_options(args: argparse.Namespace) -> dict[str, Any]:
         "outpaint": None if args.outpaint is None else parse_outpaint(args.outpaint),
         "variation_seed": args.variation_seed,
         "variation_strength": args.variation_strength,
+        "hires_scale": args.hires_scale,
+        "hires_strength": args.hires_strength,
+        "hires_steps": args.hires_steps,
+        "hires_upscaler": args.hires_upscaler,
     }
 
 
@@ -146,12 +150,14 @@ def lora_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"loras": specs}
 
 
-def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
+def load_pipeline(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> Pipeline:
+    """Load the model; backends with fixed engine sizes check every size the run samples at."""
     fixed_sizes = backend(args.backend).fixed_sizes
     if fixed_sizes and args.model:
         # Refuse sizes outside the engines' profiles before anything loads.
         plugin = import_backend(args.backend)
-        plugin.check_size_for_model(args.model, size[0], size[1], args.batch_size)
+        for width, height in sizes:
+            plugin.check_size_for_model(args.model, width, height, args.batch_size)
     pipe = Pipeline.from_pretrained(
         args.model,
         backend_options=backend_options(args),
@@ -164,7 +170,8 @@ def load_pipeline(args: argparse.Namespace, size: tuple[int, int]) -> Pipeline:
         trust_remote_code=args.trust_remote_code,
     )
     if fixed_sizes:
-        import_backend(args.backend).check_size(pipe.components, size[0], size[1], args.batch_size)
+        for width, height in sizes:
+            import_backend(args.backend).check_size(pipe.components, width, height, args.batch_size)
     return pipe
 
 
@@ -256,26 +263,29 @@ def shorten(text: str, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def early_size(args: argparse.Namespace, params: GenerationParams) -> tuple[int, int]:
-    """The output size by the plan's own rule, before the model loads (for the TensorRT size
-    check): the model's native size is read from its configs, 576 when it cannot be (e.g. an
-    exported folder: loading reports real problems later)."""
+def early_sizes(args: argparse.Namespace, params: GenerationParams) -> list[tuple[int, int]]:
+    """The sizes the run samples at, by the plan's own rules, before the model loads (for
+    engines with fixed sizes): the model's native size is read from its configs, 576 when it
+    cannot be (e.g. an exported folder: loading reports real problems later)."""
     try:
         native = native_image_size(resolve_model(args.model, args.variant, args.revision))
     except SdxsError:
         native = DEFAULT_IMAGE_SIZE
     init = params.init_image
     init_size = None if init is None else load_image(init).size  # type: ignore[arg-type]
-    return output_size(params, native, init_size)
+    width, height = output_size(params, native, init_size)
+    if params.hires_scale is None:
+        return [(width, height)]
+    return [(width, height), hires_size(width, height, params.hires_scale)]
 
 
 def run_generate(
     args: argparse.Namespace, prompts: list[str], given_size: tuple[int | None, int | None]
 ) -> int:
     jobs = plan_jobs(args, prompts, given_size)
-    pipe = load_pipeline(args, early_size(args, jobs[0].params))
+    pipe = load_pipeline(args, early_sizes(args, jobs[0].params))
     plans = [pipe.plan(job.params) for job in jobs]  # every input checked before any image
-    total_steps = sum(p.steps_run * -(-p.params.num_images // p.params.batch_size) for p in plans)
+    total_steps = sum(p.total_steps * -(-p.params.num_images // p.params.batch_size) for p in plans)
     reporter = Reporter(args, total_steps)
     for line in pipe.components.info.get("skipped", ()):  # parts of the model left aside
         reporter.log(f"note: {line}")

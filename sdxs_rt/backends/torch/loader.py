@@ -26,7 +26,7 @@ from sdxs_rt.backends.torch.vae import (
 )
 from sdxs_rt.components import Components, latent_scaling_note
 from sdxs_rt.errors import OutOfMemoryError
-from sdxs_rt.loading import ModelFiles, model_hash, resolve_model
+from sdxs_rt.loading import ModelFiles, model_hash, native_image_size, resolve_model
 from sdxs_rt.text_encoder_files import TextEncoderFiles, check_text_width, resolve_text_encoder
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ def load_components(
         latent_scaling=latent_scaling_from_config(files.vae_config, latent_channels),
         latent_channels=latent_channels,
         vae_scale_factor=2 ** (len(files.vae_config["block_out_channels"]) - 1),
+        native_size=native_image_size(files),
         info=info,
     )
 
