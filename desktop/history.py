@@ -18,16 +18,17 @@ from PySide6.QtGui import QImage
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.images import output_paths, save_png
-from sdxs_rt.metadata import (
-    ImageRecord,
-    parse_parameters,
-    png_info,
-    read_metadata,
-    record_from_parameters,
-)
+from sdxs_rt.infotext import parse_parameters, record_from_parameters
+from sdxs_rt.metadata import ImageRecord, png_info, read_metadata
 
 # ImageRecord fields with a plain type, so that a damaged or foreign chunk restores what it can.
-PLAIN_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "str | None": str}
+# The image-input fields are optional (None: no such input); `init_image` and `mask` are digest
+# dicts, kept so that "Reuse all" can say that the input itself is not restored.
+PLAIN_TYPES: dict[str, type] = {
+    "str": str, "int": int, "float": float, "str | None": str, "int | None": int,
+    "float | None": float, "bool | None": bool, "list[int] | None": list,
+    "dict[str, Any] | None": dict,
+}  # fmt: skip
 FIELD_TYPES: dict[str, type] = {
     f.name: PLAIN_TYPES[str(f.type)] for f in fields(ImageRecord) if str(f.type) in PLAIN_TYPES
 }
@@ -96,6 +97,6 @@ def typed_settings(values: dict[str, Any]) -> dict[str, Any]:
 def convert(value: Any, kind: type) -> Any:
     if kind is int and isinstance(value, float) and not value.is_integer():
         raise ValueError(value)
-    if kind is not str and isinstance(value, bool):
-        raise TypeError(value)
+    if (kind is bool) != isinstance(value, bool) and kind is not str:
+        raise TypeError(value)  # True is no number, and "false" is no bool
     return kind(value)

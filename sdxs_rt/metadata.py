@@ -1,16 +1,14 @@
-"""Generation metadata in PNG text chunks: A1111's `parameters` text and our own `sdxs_rt` JSON.
+"""Generation metadata: the `ImageRecord` of an image and the PNG text chunks that carry it.
 
-`parameters` is written exactly like AUTOMATIC1111 so that A1111, ComfyUI, Fooocus and Civitai read
-it; `sdxs_rt` holds everything needed to replay the image exactly. The parser follows A1111's
-`parse_generation_parameters` (modules/infotext_utils.py) so that what we write reads back the same
-in A1111 itself.
+Two chunks: A1111's `parameters` text (written and parsed by `sdxs_rt.infotext`) so that A1111,
+ComfyUI, Fooocus and Civitai read it, and our own `sdxs_rt` JSON, which holds everything needed
+to replay the image exactly (`sdxs_rt.replay`). Also what `sdxs-rt info` prints.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,20 +18,14 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
+from sdxs_rt.infotext import format_parameters, parse_parameters
 from sdxs_rt.plan import GenerationPlan
 from sdxs_rt.rng import RNG_NAME
-from sdxs_rt.scheduler_table import SCHEDULER_LABELS, scheduler_for_label
+from sdxs_rt.scheduler_table import SCHEDULER_LABELS
 
 FORMAT_VERSION = 1
 PARAMETERS_KEY = "parameters"
 SDXS_RT_KEY = "sdxs_rt"
-NEGATIVE_PREFIX = "Negative prompt:"
-VERSION_PREFIX = "sdxs-rt "
-
-# A1111's own regex (infotext_utils.re_param_code): one `key: value` of the parameter line.
-RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
-MIN_PARAMETER_MATCHES = 3  # A1111: fewer matches means the last line is still prompt text
 # Older records lack these; image-input fields are None (or their defaults) for text to image.
 OPTIONAL_FIELDS = frozenset(
     {
@@ -78,6 +70,14 @@ class ImageRecord:
     mask: dict[str, Any] | None = None
     variation_seed: int | None = None
     variation_strength: float | None = None
+
+    @property
+    def loras(self) -> list[dict[str, Any]]:
+        """The LoRAs merged for this image (`extra["loras"]`: name, file, scale, hash), if any."""
+        loras = self.extra.get("loras")
+        if not isinstance(loras, list):
+            return []
+        return [lora for lora in loras if isinstance(lora, dict) and "name" in lora]
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT_VERSION, **asdict(self)}, ensure_ascii=False)
@@ -164,187 +164,6 @@ def _variation_fields(plan: GenerationPlan, index: int) -> dict[str, Any]:
     if variation is None:
         return {}
     return {"variation_seed": variation.seed, "variation_strength": variation.strength}
-
-
-def record_loras(record: ImageRecord) -> list[dict[str, Any]]:
-    """The LoRAs merged for this image (`extra["loras"]`: name, file, scale, hash), if any."""
-    loras = record.extra.get("loras")
-    if not isinstance(loras, list):
-        return []
-    return [lora for lora in loras if isinstance(lora, dict) and "name" in lora]
-
-
-def lora_items(record: ImageRecord) -> list[tuple[str, object]]:
-    """A1111's `Lora hashes` ("name: hash, ...") and our `LoRA` ("name: scale, ...")."""
-    loras = record_loras(record)
-    if not loras:
-        return []
-    hashes = ", ".join(f"{lora['name']}: {lora.get('hash', '')}" for lora in loras)
-    scales = ", ".join(f"{lora['name']}: {lora.get('scale', 1.0)}" for lora in loras)
-    return [("Lora hashes", hashes), ("LoRA", scales)]
-
-
-@dataclass
-class ParsedParameters:
-    """A1111 `parameters` text split the way A1111 splits it; values are raw strings."""
-
-    prompt: str
-    negative_prompt: str
-    params: dict[str, str]
-
-
-# ---------------------------------------------------------------- writing A1111 text
-
-
-def quote(value: object) -> str:
-    """A1111's quote(): JSON-quote values that would break the `k: v, k: v` line.
-
-    Beyond A1111, values its own parser would misread are quoted too: ones that start with `"`
-    (it would json-decode them) and ones with surrounding whitespace (it would strip it).
-    """
-    text = str(value)
-    if any(c in text for c in ",:\n") or text.startswith('"') or text != text.strip():
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-def parameter_items(record: ImageRecord) -> list[tuple[str, object]]:
-    """The parameter line's keys in A1111's order, then our own keys."""
-    return [
-        ("Steps", record.steps),
-        ("Sampler", record.scheduler_label),
-        ("CFG scale", float(record.guidance_scale)),  # A1111 stores a float: 7 -> "7.0"
-        ("Seed", record.seed),
-        ("Size", f"{record.width}x{record.height}"),
-        ("Model hash", record.model_hash),
-        ("Model", record.model),
-        ("Version", f"{VERSION_PREFIX}{record.version}"),
-        ("Backend", record.backend),
-        ("RNG", record.rng),
-        ("Precision", record.precision),
-        ("Scheduler", record.scheduler),
-        *([("Revision", record.revision)] if record.revision else []),
-        *lora_items(record),
-    ]
-
-
-def format_parameters(record: ImageRecord) -> str:
-    """The PNG `parameters` text exactly as A1111's create_infotext writes it."""
-    # Empty values are left out: A1111's parser drops `Key: ` with an error anyway.
-    line = ", ".join(
-        f"{key}: {quote(value)}" for key, value in parameter_items(record) if str(value) != ""
-    )
-    negative = f"\n{NEGATIVE_PREFIX} {record.negative_prompt}" if record.negative_prompt else ""
-    return f"{record.prompt}{negative}\n{line}".strip()
-
-
-# ---------------------------------------------------------------- reading A1111 text
-
-
-def unquote(value: str) -> str:
-    """A1111's unquote(): json-decode a quoted value, keep it as is when that fails."""
-    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
-        return value
-    try:
-        decoded = json.loads(value)
-    except json.JSONDecodeError:
-        return value
-    return decoded if isinstance(decoded, str) else value
-
-
-def split_prompts(lines: list[str]) -> tuple[str, str]:
-    """A1111's rule: a `Negative prompt:` line starts the negative, and later lines belong to it."""
-    prompt: list[str] = []
-    negative: list[str] = []
-    done_with_prompt = False
-    for raw in lines:
-        line = raw.strip()
-        if line.startswith(NEGATIVE_PREFIX):
-            done_with_prompt = True
-            line = line[len(NEGATIVE_PREFIX) :].strip()
-        (negative if done_with_prompt else prompt).append(line)
-    return _join_a1111(prompt), _join_a1111(negative)
-
-
-def _join_a1111(lines: list[str]) -> str:
-    # A1111 adds "\n" only once the text is non-empty, so leading empty lines vanish.
-    text = ""
-    for line in lines:
-        text += ("" if text == "" else "\n") + line
-    return text
-
-
-def parse_parameters(text: str) -> ParsedParameters:
-    """Split A1111 `parameters` text into prompt, negative prompt and `key: value` pairs."""
-    *lines, last = text.strip().split("\n")
-    if len(RE_PARAM.findall(last)) < MIN_PARAMETER_MATCHES:
-        lines.append(last)
-        last = ""
-    prompt, negative = split_prompts(lines)
-    params = {key: unquote(value) for key, value in RE_PARAM.findall(last)}
-    return ParsedParameters(prompt=prompt, negative_prompt=negative, params=params)
-
-
-# ---------------------------------------------------------------- A1111 keys -> our fields
-
-
-def _size(value: str) -> dict[str, Any]:
-    match = RE_SIZE.match(value.strip())
-    if match is None:
-        raise ValueError(value)
-    return {"width": int(match.group(1)), "height": int(match.group(2))}
-
-
-def _version(value: str) -> dict[str, Any]:
-    if not value.startswith(VERSION_PREFIX):
-        raise ValueError(value)  # another tool's version (A1111 "v1.10.1"): kept in extra
-    return {"version": value[len(VERSION_PREFIX) :]}
-
-
-def _scheduler(value: str) -> dict[str, Any]:
-    if value not in SCHEDULER_LABELS:
-        raise ValueError(value)
-    return {"scheduler": value}
-
-
-CONVERTERS: dict[str, Any] = {
-    "Steps": lambda v: {"steps": int(v)},
-    "CFG scale": lambda v: {"guidance_scale": float(v)},
-    "Seed": lambda v: {"seed": int(v)},
-    "Size": _size,
-    "Sampler": lambda v: {"scheduler_label": v},
-    "Model hash": lambda v: {"model_hash": v},
-    "Model": lambda v: {"model": v},
-    "Version": _version,
-    "Backend": lambda v: {"backend": v},
-    "RNG": lambda v: {"rng": v},
-    "Precision": lambda v: {"precision": v},
-    "Scheduler": _scheduler,
-    "Revision": lambda v: {"revision": v},
-}
-
-
-def record_from_parameters(parsed: ParsedParameters) -> dict[str, Any]:
-    """ImageRecord field values from any A1111 text, so the desktop app can restore settings.
-
-    Only fields present (and readable) are returned; everything else goes into `extra`.
-    """
-    values: dict[str, Any] = {"prompt": parsed.prompt, "negative_prompt": parsed.negative_prompt}
-    extra: dict[str, str] = {}
-    for key, raw in parsed.params.items():
-        try:
-            values.update(CONVERTERS[key](raw))
-        except (KeyError, ValueError):
-            extra[key] = raw  # unknown key or unreadable value: kept, not guessed
-    if "scheduler" not in values and "scheduler_label" in values:
-        scheduler = scheduler_for_label(
-            values["scheduler_label"], parsed.params.get("Schedule type", "")
-        )
-        if scheduler is not None:
-            values["scheduler"] = scheduler
-    if extra:
-        values["extra"] = extra
-    return values
 
 
 # ---------------------------------------------------------------- PNG chunks

@@ -20,7 +20,8 @@ from PySide6.QtWidgets import (
 )
 from sdxs_rt_desktop.state import GenerationState
 
-from sdxs_rt.metadata import ImageRecord, parameter_items
+from sdxs_rt.infotext import parameter_items
+from sdxs_rt.metadata import ImageRecord
 
 THUMBNAIL = QSize(96, 96)
 NOTHING_SELECTED = "Generated images appear above; select one to see its parameters."
@@ -31,7 +32,7 @@ def describe_record(record: ImageRecord, path: Path | None = None) -> str:
     lines = [f"Prompt: {record.prompt}"]
     if record.negative_prompt:
         lines.append(f"Negative prompt: {record.negative_prompt}")
-    lines += [f"{key}: {value}" for key, value in parameter_items(record) if str(value) != ""]
+    lines += [f"{key}: {value}" for key, value in parameter_items(record)]
     if path is not None:
         lines.append(f"File: {path}")
     return "\n".join(lines)
