@@ -7,8 +7,9 @@ and the loader over the fake `tensorrt` of tests/fake_tensorrt.py. A folder or e
 without the encoder loads with `vae_encoder=None` and the reason in `info`.
 
 Measured on the tiny model (random weights, latents of mean magnitude about 0.17):
-torch vs diffusers 0 (the same module); ONNX fp32 vs torch max abs about 1e-6; low-VRAM tiles
-vs whole image mean abs about 0.012, 6% of the difference between two images.
+torch vs diffusers 0 (the same module); ONNX fp32 vs torch max abs about 1e-6; mean abs over
+the latents' magnitude: torch fp16 0.002, bf16 0.02, ONNX fp16 0.002; low-VRAM tiles vs the
+whole image at 320 px, mean abs 0.03, a fifth of the difference between two images.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ TORCH_VS_DIFFUSERS = 1e-6  # the same module and ops: only summation order may d
 ONNX_VS_TORCH = 1e-4  # fp32 graph vs eager; measured about 1e-6
 # mean abs difference over the latents' mean magnitude, on the CPU; measured 0.003 and 0.02
 HALF_VS_FLOAT = {"fp16": 0.01, "bf16": 0.06}
-TILES_VS_WHOLE = 0.2  # mean abs, relative to the difference between two images
+TILES_VS_WHOLE = 0.3  # mean abs over the difference between two images; measured 0.15
 
 
 def images(batch: int = 2, height: int = 64, width: int = 96, seed: int = 0) -> torch.Tensor:
@@ -277,6 +278,18 @@ def test_onnx_encoder_matches_torch_and_diffusers(
     assert error < ONNX_VS_TORCH
     reference = diffusers_mean(tiny_model, x).numpy()
     assert float(np.abs(latents - reference).max()) < ONNX_VS_TORCH
+
+
+def test_onnx_fp16_encoder_is_close_to_torch(
+    exported_tiny_fp16: Path, torch_components: Components
+) -> None:
+    components = load_onnx(str(exported_tiny_fp16))
+    x = images()
+    latents = encode(components, x.numpy())
+    full = encode(torch_components, x).numpy()
+    error = float(np.abs(latents - full).mean()) / float(np.abs(full).mean())
+    print(f"ONNX Runtime fp16 vs torch fp32 VAE encoder: mean abs / magnitude {error:.4f}")
+    assert latents.dtype == np.float32 and error < HALF_VS_FLOAT["fp16"]  # measured 0.002
 
 
 def test_onnx_encoder_refuses_sizes_the_vae_cannot_take(onnx_components: Components) -> None:
