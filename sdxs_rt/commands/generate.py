@@ -28,6 +28,31 @@ GENERATE_EXAMPLES = """examples:
 """
 
 
+# The one table of the CLI's names: each flag that sets a GenerationParams field, and that
+# field (argparse stores the value under the field's name). Seeds, sizes, prompts and counts
+# are run-level flags, turned into parameters per prompt by the runner.
+PARAM_FLAGS = {
+    "--negative-prompt": "negative_prompt",
+    "--steps": "num_inference_steps",
+    "--cfg": "guidance_scale",
+    "--scheduler": "scheduler",
+    "--batch-size": "batch_size",
+    "--init-image": "init_image",
+    "--strength": "strength",
+    "--resize-mode": "resize_mode",
+    "--mask": "mask",
+    "--mask-blur": "mask_blur",
+    "--no-paste-back": "paste_back",
+    "--outpaint": "outpaint",  # "L,R,T,B" text, parsed by the runner
+    "--variation-seed": "variation_seed",
+    "--variation-strength": "variation_strength",
+    "--hires-scale": "hires_scale",
+    "--hires-strength": "hires_strength",
+    "--hires-steps": "hires_steps",
+    "--hires-upscaler": "hires_upscaler",
+}
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "generate",
@@ -40,11 +65,17 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--prompt", help="the prompt (instead of the positional argument)")
     p.add_argument("--prompt-file", help="a text file with one prompt per line")
     p.add_argument("-n", "--negative-prompt", default="", help='negative prompt (default "")')
-    p.add_argument("--steps", type=int, default=40, help="sampling steps (default 40)")
+    p.add_argument(
+        "--steps",
+        dest=PARAM_FLAGS["--steps"],
+        type=int,
+        default=40,
+        help="sampling steps (default 40)",
+    )
     p.add_argument(
         "--cfg",
         "--guidance-scale",
-        dest="cfg",
+        dest=PARAM_FLAGS["--cfg"],
         type=float,
         default=5.5,
         help="classifier-free guidance scale (default 5.5; <= 1 runs one branch)",
@@ -217,7 +248,8 @@ def add_image_input_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--no-paste-back",
-        action="store_true",
+        dest=PARAM_FLAGS["--no-paste-back"],
+        action="store_false",
         help="keep the generated pixels outside the mask instead of the original ones",
     )
     group.add_argument(

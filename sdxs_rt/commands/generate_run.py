@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdxs_rt.backend_table import backend, import_backend, names_with, names_without
+from sdxs_rt.commands.generate import PARAM_FLAGS
 from sdxs_rt.errors import SdxsError, UsageError
 from sdxs_rt.image_inputs import load_image, parse_outpaint
 from sdxs_rt.images import check_outputs, output_paths, save_png
@@ -40,16 +41,11 @@ def plan_jobs(
     first_seed = random_seed() if args.seed in (None, -1) else args.seed
     base = GenerationParams(
         prompt=prompts[0],
-        negative_prompt=args.negative_prompt,
-        num_inference_steps=args.steps,
-        guidance_scale=args.cfg,
         width=size[0],
         height=size[1],
         seed=first_seed,
-        scheduler=args.scheduler,
         num_images=per_prompt,
-        batch_size=args.batch_size,
-        **image_options(args),
+        **param_fields(args),
     )
     check_preview_args(args)
     seeds = [first_seed + i for i in range(per_prompt * len(prompts))]
@@ -65,23 +61,12 @@ def plan_jobs(
     ]
 
 
-def image_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The image-input flags as GenerationParams fields (checked there, once)."""
-    return {
-        "init_image": args.init_image,
-        "strength": args.strength,
-        "resize_mode": args.resize_mode,
-        "mask": args.mask,
-        "mask_blur": args.mask_blur,
-        "paste_back": not args.no_paste_back,
-        "outpaint": None if args.outpaint is None else parse_outpaint(args.outpaint),
-        "variation_seed": args.variation_seed,
-        "variation_strength": args.variation_strength,
-        "hires_scale": args.hires_scale,
-        "hires_strength": args.hires_strength,
-        "hires_steps": args.hires_steps,
-        "hires_upscaler": args.hires_upscaler,
-    }
+def param_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of PARAM_FLAGS as GenerationParams fields (checked there, once)."""
+    values = {field: getattr(args, field) for field in PARAM_FLAGS.values()}
+    if values["outpaint"] is not None:
+        values["outpaint"] = parse_outpaint(values["outpaint"])
+    return values
 
 
 def check_preview_args(args: argparse.Namespace) -> None:
