@@ -107,6 +107,7 @@ class MainWindow(QMainWindow):
         self.preview = PreviewView()
         self.progress_panel = ProgressPanel(run)
         self.gallery = Gallery(generation, self.history_dir)
+        self.gallery.status_message.connect(lambda text: setattr(run, "status", text))
         run.running_changed.connect(lambda running: self.model_panel.setEnabled(not running))
 
     def _lay_out(self) -> QSplitter:
@@ -190,9 +191,10 @@ class MainWindow(QMainWindow):
 
     def restore_png(self, path: Path) -> bool:
         """Take the settings a PNG carries (ours or A1111's); say so in one sentence if none."""
-        restored = bool(self.controller.restore_from_png(path))
         run = self.states.run
-        if restored:
+        before = run.status
+        restored = bool(self.controller.restore_from_png(path))
+        if restored and run.status == before:  # the controller's own words (a note) win
             run.status = f"Settings restored from {path.name}"
         elif not run.error:
             run.error = f"No generation settings that sdxs-rt can read in {path.name}."

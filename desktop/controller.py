@@ -14,7 +14,7 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 from PySide6.QtGui import QImage
 from sdxs_rt_desktop.history import settings_from_png
-from sdxs_rt_desktop.state import GenerationState, ModelState, RunState
+from sdxs_rt_desktop.state import GenerationState, ModelState, RunState, with_note
 from sdxs_rt_desktop.worker import (
     BuildRequest,
     EngineBuildWorker,
@@ -65,7 +65,10 @@ def engine_sizes(model: ModelState) -> str:
 
 
 def check_engine_sizes(model: ModelState, params: GenerationParams) -> None:
-    """Refuse a size outside the TensorRT engines' profile before anything loads."""
+    """Refuse a size outside the TensorRT engines' profile before anything loads (a size taken
+    from the input image is known once planned: the worker checks it then)."""
+    if params.width is None or params.height is None:
+        return
     if has_fixed_sizes(model.backend) and model.model:
         plugin = import_backend(model.backend)
         plugin.check_size_for_model(model.model, params.width, params.height, params.batch_size)
@@ -209,12 +212,13 @@ class Controller(QObject):
         """Apply the settings a PNG carries (our chunk or A1111 text) to GenerationState."""
         try:
             settings = settings_from_png(path)
-            self.generation.apply_record(settings)
+            note = self.generation.apply_record(settings)
             self.model.apply_record(settings)
         except Exception as exc:
             self._report(error_message(exc))
             return False
-        self.run.update(error="", status=f"Settings restored from {Path(path).name}")
+        status = with_note(f"Settings restored from {Path(path).name}", note)
+        self.run.update(error="", status=status)
         return True
 
     # ---------------------------------------------------------------- worker signals

@@ -13,6 +13,7 @@ from PySide6.QtCore import Property, QObject, QSettings, Signal
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.params import GenerationParams, check_size
+from sdxs_rt.rng import random_seed
 
 # The model was trained at 576 px with 64-px buckets: one side 576, the other 320..576.
 ASPECT_BUCKETS: tuple[tuple[int, int], ...] = tuple(
@@ -23,6 +24,15 @@ ASPECT_BUCKETS: tuple[tuple[int, int], ...] = tuple(
 
 # Seeds go up to 2**63 - 1: their signals and properties are 64-bit (a plain `int` is 32-bit in Qt).
 INT64 = "qlonglong"
+
+RESIZE_MODES = ("crop", "stretch")  # sdxs_rt.image_inputs.RESIZE_MODES
+AUTO_STRENGTH = 0.0  # GenerationState.strength: the library's default (0.75; 1.0 when outpainting)
+DEFAULT_VARIATION_STRENGTH = 0.3  # "Vary this image"
+OUTPAINT_FIELDS = ("outpaint_left", "outpaint_right", "outpaint_top", "outpaint_bottom")
+# Restored by "Reuse all" when the record has them (None: the image had no such input).
+IMAGE_INPUT_RECORD_FIELDS = ("strength", "resize_mode", "mask_blur", "paste_back")
+INPUT_NOT_RESTORED = "the input image is not restored; open it again under Image input"
+INPUTS_NOT_RESTORED = "the input image and its mask are not restored; open and paint them again"
 
 
 def state_property(
@@ -47,10 +57,16 @@ def notify_name(name: str) -> str:
     return f"{name}_changed"
 
 
+def as_is(value: Any) -> Any:
+    """The `kind` of a property that holds any Python object (a PIL image, or None)."""
+    return value
+
+
 class StateObject(QObject):
     """Base: `FIELDS` maps property name -> default; subclasses declare signals and properties."""
 
     FIELDS: ClassVar[dict[str, Any]] = {}
+    SESSION_ONLY: ClassVar[frozenset[str]] = frozenset()  # fields never saved in QSettings
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -69,14 +85,15 @@ class StateObject(QObject):
     def save(self, settings: QSettings, group: str) -> None:
         settings.beginGroup(group)
         for name, value in self.values().items():
-            settings.setValue(name, value)
+            if name not in self.SESSION_ONLY:
+                settings.setValue(name, value)
         settings.endGroup()
 
     def load(self, settings: QSettings, group: str) -> None:
         """Restore saved values; a value of the wrong type (an old settings file) is skipped."""
         settings.beginGroup(group)
         for name, default in self.FIELDS.items():
-            if settings.contains(name):
+            if name not in self.SESSION_ONLY and settings.contains(name):
                 with suppress(TypeError, ValueError):
                     setattr(self, name, _coerce(settings.value(name), type(default)))
         settings.endGroup()
@@ -89,7 +106,7 @@ def _coerce(value: Any, kind: type) -> Any:
 
 
 class GenerationState(StateObject):
-    """What to generate."""
+    """What to generate, from noise or from an init image (img2img, inpainting, outpainting)."""
 
     FIELDS: ClassVar[dict[str, Any]] = {
         "prompt": "",
@@ -106,7 +123,25 @@ class GenerationState(StateObject):
         "batch_count": 1,
         "preview_every": 5,
         "strip_metadata": False,
+        # Image input: "" = none (text to image).
+        "init_image": "",
+        "strength": AUTO_STRENGTH,
+        "resize_mode": "crop",
+        "size_from_input": True,  # with an init image: width/height None (the library's rule)
+        "mask": None,  # a PIL "L" image at the init image's size (white = repaint), or None
+        "mask_blur": 4,
+        "paste_back": True,
+        "outpaint_left": 0,
+        "outpaint_right": 0,
+        "outpaint_top": 0,
+        "outpaint_bottom": 0,
+        "variation_seed": 0,
+        "variation_strength": 0.0,  # 0: no variation
     }
+    # The inputs of one session: a restart must not silently repaint last week's photo.
+    SESSION_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"init_image", "mask", *OUTPAINT_FIELDS, "variation_seed", "variation_strength"}
+    )
     prompt_changed = Signal(str)
     prompt = state_property("prompt", str, prompt_changed)
     negative_prompt_changed = Signal(str)
@@ -135,9 +170,46 @@ class GenerationState(StateObject):
     preview_every = state_property("preview_every", int, preview_every_changed)
     strip_metadata_changed = Signal(bool)
     strip_metadata = state_property("strip_metadata", bool, strip_metadata_changed)
+    init_image_changed = Signal(str)
+    init_image = state_property("init_image", str, init_image_changed)
+    strength_changed = Signal(float)
+    strength = state_property("strength", float, strength_changed)
+    resize_mode_changed = Signal(str)
+    resize_mode = state_property("resize_mode", str, resize_mode_changed)
+    size_from_input_changed = Signal(bool)
+    size_from_input = state_property("size_from_input", bool, size_from_input_changed)
+    mask_changed = Signal(object)
+    mask = state_property("mask", as_is, mask_changed, object)
+    mask_blur_changed = Signal(int)
+    mask_blur = state_property("mask_blur", int, mask_blur_changed)
+    paste_back_changed = Signal(bool)
+    paste_back = state_property("paste_back", bool, paste_back_changed)
+    outpaint_left_changed = Signal(int)
+    outpaint_left = state_property("outpaint_left", int, outpaint_left_changed)
+    outpaint_right_changed = Signal(int)
+    outpaint_right = state_property("outpaint_right", int, outpaint_right_changed)
+    outpaint_top_changed = Signal(int)
+    outpaint_top = state_property("outpaint_top", int, outpaint_top_changed)
+    outpaint_bottom_changed = Signal(int)
+    outpaint_bottom = state_property("outpaint_bottom", int, outpaint_bottom_changed)
+    variation_seed_changed = Signal(INT64)
+    variation_seed = state_property("variation_seed", int, variation_seed_changed, INT64)
+    variation_strength_changed = Signal(float)
+    variation_strength = state_property("variation_strength", float, variation_strength_changed)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        # A mask belongs to the image it was painted on.
+        self.init_image_changed.connect(lambda _: setattr(self, "mask", None))
+
+    def uses_input_size(self) -> bool:
+        """The output size follows the init image (width and height are not used)."""
+        return bool(self.init_image) and self.size_from_input
 
     def size_error(self) -> str:
         """'' when the size is valid, else the one-sentence reason (shown in the UI)."""
+        if self.uses_input_size():
+            return ""
         try:
             check_size("width", self.width)
             check_size("height", self.height)
@@ -145,26 +217,63 @@ class GenerationState(StateObject):
             return str(exc)
         return ""
 
+    def outpaint(self) -> tuple[int, int, int, int] | None:
+        amounts = tuple(getattr(self, name) for name in OUTPAINT_FIELDS)
+        return amounts if any(amounts) else None  # type: ignore[return-value]
+
     def to_params(self, seed: int) -> GenerationParams:
         """Validated parameters for one run starting at `seed` (raises UsageError)."""
+        from_input = self.uses_input_size()
         return GenerationParams(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             num_inference_steps=self.steps,
             guidance_scale=self.guidance,
-            width=self.width,
-            height=self.height,
+            width=None if from_input else self.width,
+            height=None if from_input else self.height,
             seed=seed,
             scheduler=self.scheduler or None,
             num_images=self.batch_count,
             batch_size=1,
+            **self._image_input_params(),
+            **self._variation_params(),
         ).validate()
+
+    def _image_input_params(self) -> dict[str, Any]:
+        if not self.init_image:
+            return {}
+        return {
+            "init_image": self.init_image,
+            "strength": None if self.strength <= AUTO_STRENGTH else self.strength,
+            "resize_mode": self.resize_mode,
+            "mask": self.mask,
+            "mask_blur": self.mask_blur,
+            "paste_back": self.paste_back,
+            "outpaint": self.outpaint(),
+        }
+
+    def _variation_params(self) -> dict[str, Any]:
+        if self.variation_strength <= 0:
+            return {}
+        return {
+            "variation_seed": self.variation_seed,
+            "variation_strength": self.variation_strength,
+        }
 
     def reuse_seed(self, seed: int) -> None:
         self.update(seed=seed, random_seed=False)
 
-    def apply_record(self, record: dict[str, Any]) -> None:
-        """'Reuse all': take every field a PNG's metadata carries (our chunk or A1111 text)."""
+    def vary(self, seed: int, strength: float = DEFAULT_VARIATION_STRENGTH) -> None:
+        """Variations of the image drawn from `seed`: that seed, a new variation seed."""
+        self.reuse_seed(seed)
+        self.update(variation_seed=random_seed(), variation_strength=strength)
+
+    def apply_record(self, record: dict[str, Any]) -> str:
+        """'Reuse all': take every field a PNG's metadata carries (our chunk or A1111 text).
+
+        The input image and mask are not stored in a record (only their digests), so they are
+        not restored: the note returned says so ("" when the image had no input image).
+        """
         mapping = {
             "prompt": "prompt",
             "negative_prompt": "negative_prompt",
@@ -177,6 +286,40 @@ class GenerationState(StateObject):
         self.update(**{ours: record[key] for key, ours in mapping.items() if key in record})
         if "seed" in record:
             self.reuse_seed(int(record["seed"]))
+        self._apply_image_inputs(record)
+        self._apply_variation(record)
+        if not record.get("init_image"):
+            return ""
+        return INPUTS_NOT_RESTORED if record.get("mask") else INPUT_NOT_RESTORED
+
+    def _apply_image_inputs(self, record: dict[str, Any]) -> None:
+        present = {k: record[k] for k in IMAGE_INPUT_RECORD_FIELDS if record.get(k) is not None}
+        if present.get("resize_mode") not in (None, *RESIZE_MODES):
+            del present["resize_mode"]
+        self.update(**present)
+        if record.get("init_image"):  # an image from an input: its outpainting, or none
+            amounts = outpaint_amounts(record.get("outpaint"))
+            self.update(**dict(zip(OUTPAINT_FIELDS, amounts, strict=True)))
+
+    def _apply_variation(self, record: dict[str, Any]) -> None:
+        seed, strength = record.get("variation_seed"), record.get("variation_strength")
+        if seed is not None and strength:
+            self.update(variation_seed=seed, variation_strength=strength)
+        else:  # the image had no variation: none now either, or it would not come out the same
+            self.variation_strength = 0.0
+
+
+def with_note(status: str, note: str) -> str:
+    """'Settings restored from a.png' + '; the input image is not restored ...'."""
+    return f"{status}; {note}" if note else status
+
+
+def outpaint_amounts(value: Any) -> tuple[int, int, int, int]:
+    """A record's `outpaint` ([left, right, top, bottom]) as four ints; anything else: zeros."""
+    if isinstance(value, (list, tuple)) and len(value) == 4:
+        with suppress(TypeError, ValueError):
+            return tuple(int(v) for v in value)  # type: ignore[return-value]
+    return (0, 0, 0, 0)
 
 
 class ModelState(StateObject):

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QLineEdit,
     QPlainTextEdit,
+    QSlider,
     QSpinBox,
     QWidget,
 )
@@ -80,6 +81,14 @@ def bind_plain_text(state: QObject, name: str, edit: QPlainTextEdit) -> None:
 
 def bind_spin_box(state: QObject, name: str, spin: QSpinBox | QDoubleSpinBox) -> None:
     bind(state, name, spin, spin.setValue, spin.valueChanged)
+
+
+def bind_scaled_slider(state: QObject, name: str, slider: QSlider, scale: int) -> None:
+    """A float property on an int slider that holds `round(value * scale)`."""
+    update = _show(slider, lambda value: slider.setValue(round(value * scale)))
+    update(getattr(state, name))
+    _changed_signal(state, name).connect(update)
+    slider.valueChanged.connect(lambda position: setattr(state, name, position / scale))
 
 
 def bind_check_box(state: QObject, name: str, button: QAbstractButton) -> None:

@@ -1,4 +1,5 @@
-"""The session gallery: thumbnails; the selected image's parameters with copy/reuse actions."""
+"""The session gallery: thumbnails; the selected image's parameters with copy/reuse actions,
+"Use as input" (img2img from it) and "Vary this image" (its settings plus a variation seed)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, QUrl
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QGuiApplication, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QGroupBox,
@@ -18,7 +19,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from sdxs_rt_desktop.state import GenerationState
+from sdxs_rt_desktop.state import DEFAULT_VARIATION_STRENGTH, GenerationState, with_note
 
 from sdxs_rt.infotext import parameter_items
 from sdxs_rt.metadata import ImageRecord
@@ -47,6 +48,8 @@ def thumbnail(image: QImage) -> QIcon:
 
 class Gallery(QGroupBox):
     """This session's images (`ResultItem`s: path, seed, record, qimage), newest first."""
+
+    status_message = Signal(str)  # what an action did, for the status line
 
     def __init__(
         self, generation: GenerationState, history_dir: Path, parent: QWidget | None = None
@@ -83,10 +86,18 @@ class Gallery(QGroupBox):
         self.copy_prompt_button = QPushButton("Copy prompt")
         self.reuse_seed_button = QPushButton("Reuse seed")
         self.reuse_all_button = QPushButton("Reuse all")
+        self.use_as_input_button = QPushButton("Use as input")
+        self.use_as_input_button.setToolTip("Start from this image (Image input)")
+        self.vary_button = QPushButton("Vary this image")
+        self.vary_button.setToolTip(
+            f"Its settings and seed, with a new variation seed at {DEFAULT_VARIATION_STRENGTH}"
+        )
         self.open_history_button = QPushButton("Open history folder")
         self.copy_prompt_button.clicked.connect(self.copy_prompt)
         self.reuse_seed_button.clicked.connect(self.reuse_seed)
         self.reuse_all_button.clicked.connect(self.reuse_all)
+        self.use_as_input_button.clicked.connect(self.use_as_input)
+        self.vary_button.clicked.connect(self.vary)
         self.open_history_button.clicked.connect(self.open_history_folder)
         self.open_history_button.setToolTip(str(self.history_dir))
         row = QHBoxLayout()
@@ -97,7 +108,13 @@ class Gallery(QGroupBox):
         return row
 
     def item_buttons(self) -> tuple[QPushButton, ...]:
-        return (self.copy_prompt_button, self.reuse_seed_button, self.reuse_all_button)
+        return (
+            self.copy_prompt_button,
+            self.reuse_seed_button,
+            self.reuse_all_button,
+            self.use_as_input_button,
+            self.vary_button,
+        )
 
     def add_result(self, item: Any) -> None:
         """A finished image: newest at the front, and selected."""
@@ -131,7 +148,26 @@ class Gallery(QGroupBox):
     def reuse_all(self) -> None:
         item = self.selected()
         if item is not None:
-            self.generation.apply_record(asdict(item.record))
+            note = self.generation.apply_record(asdict(item.record))
+            self.status_message.emit(with_note(f"Settings of {Path(item.path).name} reused", note))
+
+    def use_as_input(self) -> None:
+        """The image file becomes the init image (its settings stay as they are)."""
+        item = self.selected()
+        if item is not None:
+            self.generation.init_image = str(item.path)
+            self.status_message.emit(f"{Path(item.path).name} is the input image")
+
+    def vary(self) -> None:
+        """Its settings, its seed, and a new random variation seed at the default strength."""
+        item = self.selected()
+        if item is None:
+            return
+        note = self.generation.apply_record(asdict(item.record))
+        self.generation.vary(int(item.seed))
+        status = f"Variations of {Path(item.path).name}: variation seed "
+        status += f"{self.generation.variation_seed}"
+        self.status_message.emit(with_note(status, note))
 
     def open_history_folder(self) -> None:
         self.history_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The generation panel: prompts, seed, steps, guidance, scheduler, size, batch count."""
+"""The generation panel: prompts, seed and variation, steps, guidance, scheduler, size, batch
+count, and the image input section (`image_input.py`)."""
 
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from sdxs_rt_desktop.widgets.binding import (
     follow,
     follow_any,
 )
+from sdxs_rt_desktop.widgets.image_input import ImageInputPanel
 from sdxs_rt_desktop.widgets.text import ERROR_STYLE, as_sentence
 
 from sdxs_rt.params import MAX_SIDE, SIZE_STEP
-from sdxs_rt.rng import MAX_SEED
+from sdxs_rt.rng import MAX_SEED, random_seed
 from sdxs_rt.scheduler_table import SCHEDULER_LABELS
 
 MODEL_DEFAULT_SCHEDULER = "Model default"
@@ -54,15 +56,17 @@ def spin_box(minimum: int, maximum: int, step: int = 1) -> QSpinBox:
 
 
 class SeedEdit(QLineEdit):
-    """Digits only, up to MAX_SEED (2**63 - 1: more than a QSpinBox holds)."""
+    """Digits only, up to MAX_SEED (2**63 - 1: more than a QSpinBox holds); bound to the seed
+    property `name` ("seed" or "variation_seed")."""
 
-    def __init__(self, generation: GenerationState) -> None:
+    def __init__(self, generation: GenerationState, name: str = "seed") -> None:
         super().__init__()
         self.generation = generation
+        self.name = name
         pattern = QRegularExpression(r"\d{1,19}")
         self.setValidator(QRegularExpressionValidator(pattern, self))
-        self.setText(str(generation.seed))
-        generation.seed_changed.connect(self.show_seed)
+        self.setText(str(getattr(generation, name)))
+        getattr(generation, f"{name}_changed").connect(self.show_seed)
         self.textEdited.connect(self.on_edited)
 
     def show_seed(self, seed: int) -> None:
@@ -71,7 +75,7 @@ class SeedEdit(QLineEdit):
 
     def on_edited(self, text: str) -> None:
         if text and int(text) <= MAX_SEED:
-            self.generation.seed = int(text)
+            setattr(self.generation, self.name, int(text))
 
 
 class GenerationPanel(QGroupBox):
@@ -86,6 +90,7 @@ class GenerationPanel(QGroupBox):
         form.addRow("Prompt", self._make_prompts())
         form.addRow("Negative", self.negative_edit)
         form.addRow("Seed", self._make_seed_row())
+        form.addRow("Variation", self._make_variation_row())
         form.addRow("Steps", self._make_steps())
         form.addRow("Guidance", self._make_guidance())
         form.addRow("Scheduler", self._make_scheduler())
@@ -94,6 +99,8 @@ class GenerationPanel(QGroupBox):
         form.addRow("Batch count", self._make_batch_count())
         form.addRow("Preview every", self._make_preview_every())
         form.addRow("", self._make_strip_metadata())
+        self.image_input = ImageInputPanel(generation)
+        form.addRow(self.image_input)
 
     def _make_prompts(self) -> QPlainTextEdit:
         self.prompt_edit = QPlainTextEdit()
@@ -123,6 +130,29 @@ class GenerationPanel(QGroupBox):
         self.reuse_last_seed_button.setEnabled(last_seed >= 0)
         tip = f"Last seed: {last_seed}" if last_seed >= 0 else "No image generated yet"
         self.reuse_last_seed_button.setToolTip(tip)
+
+    def _make_variation_row(self) -> QHBoxLayout:
+        """A1111's variation seed: the noise moves towards another seed's by the strength."""
+        self.variation_seed_edit = SeedEdit(self.generation, "variation_seed")
+        self.variation_seed_edit.setToolTip("The seed whose noise the image moves towards")
+        self.new_variation_button = QPushButton("New")
+        self.new_variation_button.setToolTip("A new random variation seed")
+        self.new_variation_button.clicked.connect(
+            lambda: setattr(self.generation, "variation_seed", random_seed())
+        )
+        self.variation_strength_spin = QDoubleSpinBox()
+        self.variation_strength_spin.setRange(0.0, 1.0)
+        self.variation_strength_spin.setSingleStep(0.05)
+        self.variation_strength_spin.setDecimals(2)
+        self.variation_strength_spin.setSpecialValueText("off")  # 0: no variation
+        self.variation_strength_spin.setToolTip("0: off; small values give near copies")
+        bind_spin_box(self.generation, "variation_strength", self.variation_strength_spin)
+        row = QHBoxLayout()
+        row.addWidget(self.variation_seed_edit, 1)
+        row.addWidget(self.new_variation_button)
+        row.addWidget(QLabel("Strength"))
+        row.addWidget(self.variation_strength_spin)
+        return row
 
     def _make_steps(self) -> QSpinBox:
         self.steps_spin = spin_box(1, 1000)
@@ -158,8 +188,8 @@ class GenerationPanel(QGroupBox):
         self.size_error_label = QLabel()
         self.size_error_label.setStyleSheet(ERROR_STYLE)
         self.size_error_label.setWordWrap(True)
-        sizes = [(self.generation, "width"), (self.generation, "height")]
-        follow_any(sizes, self._show_size)
+        sizes = ["width", "height", "init_image", "size_from_input"]
+        follow_any([(self.generation, name) for name in sizes], self._show_size)
         return self._size_row()
 
     def _size_row(self) -> QHBoxLayout:
@@ -178,7 +208,12 @@ class GenerationPanel(QGroupBox):
         self.generation.update(width=width, height=height)
 
     def _show_size(self) -> None:
-        """The preset matching the size (else "Custom"), and why an invalid size is refused."""
+        """The preset matching the size (else "Custom"), and why an invalid size is refused;
+        disabled while the size comes from the input image."""
+        from_input = self.generation.uses_input_size()
+        for widget in (self.size_combo, self.width_spin, self.height_spin):
+            widget.setEnabled(not from_input)
+            widget.setToolTip("The input image's size (see Image input)" if from_input else "")
         size = (self.generation.width, self.generation.height)
         index = ASPECT_BUCKETS.index(size) if size in ASPECT_BUCKETS else len(ASPECT_BUCKETS)
         was_blocked = self.size_combo.blockSignals(True)

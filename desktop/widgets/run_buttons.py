@@ -32,8 +32,8 @@ class RunButtons(QWidget):
         row.addWidget(self.generate_button, 2)
         row.addWidget(self.cancel_button, 1)
         row.addWidget(self.stop_after_button, 1)
-        watched = [(run, "running"), (generation, "width"), (generation, "height")]
-        follow_any(watched, self.refresh)
+        sizes = ("width", "height", "init_image", "size_from_input")  # see size_error
+        follow_any([(run, "running"), *((generation, name) for name in sizes)], self.refresh)
 
     def refresh(self) -> None:
         running = self.run.running
