@@ -9,6 +9,7 @@ EXIT_NOT_FOUND = 3
 EXIT_DEVICE = 4
 EXIT_OUT_OF_MEMORY = 5
 EXIT_ENGINE = 6
+EXIT_REPLAY_DIFFERS = 7  # `sdxs-rt info --replay`: the replayed pixels differ from the image's
 EXIT_INTERRUPTED = 130
 
 

@@ -236,6 +236,7 @@ def describe_image(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _row(label: str, value: object, width: int = 18) -> str:
     # Continuation lines of multi-line prompts line up under the first one.
+    width = max(width, len(label) + 2)  # a long label still gets a space before its value
     text = str(value).replace("\n", "\n" + " " * width)
     return f"{label + ':':<{width}}{text}"
 
