@@ -192,10 +192,10 @@ class MainWindow(QMainWindow):
     def restore_png(self, path: Path) -> bool:
         """Take the settings a PNG carries (ours or A1111's); say so in one sentence if none."""
         run = self.states.run
-        before = run.status
         restored = bool(self.controller.restore_from_png(path))
-        if restored and run.status == before:  # the controller's own words (a note) win
-            run.status = f"Settings restored from {path.name}"
+        said = f"Settings restored from {path.name}"
+        if restored and not run.status.startswith(said):  # keep the controller's note, if any
+            run.status = said
         elif not run.error:
             run.error = f"No generation settings that sdxs-rt can read in {path.name}."
         return restored

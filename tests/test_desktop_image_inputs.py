@@ -360,3 +360,18 @@ def test_generate_from_an_init_image_with_a_mask_records_its_strength(real_windo
     saved = np.asarray(Image.open(item.path).convert("RGB"))
     original = np.asarray(Image.open(photo).convert("RGB").crop((16, 0, 80, 64)))  # centre crop
     assert (saved[:4, :4] == original[:4, :4]).all()  # pasted back outside the mask
+
+
+def test_restoring_an_img2img_png_says_the_input_is_not_restored(qtbot, tmp_path):
+    from sdxs_rt_desktop.controller import Controller
+    from sdxs_rt_desktop.state import ModelState, RunState
+
+    generation, run = GenerationState(), RunState()
+    controller = Controller(generation, ModelState(), run, tmp_path / "history")
+    try:
+        path = save_to_history(Image.new("RGB", (64, 64)), img2img_record(), tmp_path)
+        assert controller.restore_from_png(path)
+    finally:
+        controller.shutdown()
+    assert run.status == f"Settings restored from {path.name}; {INPUT_NOT_RESTORED}"
+    assert (generation.strength, generation.variation_seed, generation.init_image) == (0.45, 31, "")

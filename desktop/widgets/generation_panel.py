@@ -145,12 +145,14 @@ class GenerationPanel(QGroupBox):
         self.variation_strength_spin.setSingleStep(0.05)
         self.variation_strength_spin.setDecimals(2)
         self.variation_strength_spin.setSpecialValueText("off")  # 0: no variation
-        self.variation_strength_spin.setToolTip("0: off; small values give near copies")
+        self.variation_strength_spin.setPrefix("strength ")
+        self.variation_strength_spin.setToolTip(
+            "How far the noise moves towards the variation seed's: 0 off, 0.1-0.3 near copies"
+        )
         bind_spin_box(self.generation, "variation_strength", self.variation_strength_spin)
         row = QHBoxLayout()
         row.addWidget(self.variation_seed_edit, 1)
         row.addWidget(self.new_variation_button)
-        row.addWidget(QLabel("Strength"))
         row.addWidget(self.variation_strength_spin)
         return row
 

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -147,8 +148,10 @@ class ImageInputPanel(QGroupBox):
         form.addRow("Resize", self._make_resize_mode())
         form.addRow("Size", self._make_size_from_input())
         form.addRow("Mask", self.mask_editor)
+        form.addRow("Brush", self._make_brush_tools())
         form.addRow("", self._make_mask_tools())
         form.addRow("Mask blur", self._make_mask_blur())
+        form.addRow("", self.paste_back_check)
         form.addRow("Outpaint", self._make_outpaint())
         layout = QVBoxLayout(self)
         layout.addLayout(self._make_file_row())
@@ -251,8 +254,11 @@ class ImageInputPanel(QGroupBox):
         return self.resize_combo
 
     def _make_size_from_input(self) -> QVBoxLayout:
-        self.size_from_input_check = QCheckBox("The input's (rounded down to 64, plus outpainting)")
-        self.size_from_input_check.setToolTip("Off: the size chosen above")
+        self.size_from_input_check = QCheckBox("From the input image")
+        self.size_from_input_check.setToolTip(
+            "The input's size rounded down to a multiple of 64, plus outpainting; "
+            "off: the size chosen above"
+        )
         bind_check_box(self.generation, "size_from_input", self.size_from_input_check)
         self.output_size_label = QLabel()
         column = QVBoxLayout()
@@ -273,7 +279,7 @@ class ImageInputPanel(QGroupBox):
 
     # ---------------------------------------------------------------- inpainting
 
-    def _make_mask_tools(self) -> QHBoxLayout:
+    def _make_brush_tools(self) -> QHBoxLayout:
         self.brush_spin = step_spin(1, 1024, 4)
         self.brush_spin.setValue(self.mask_editor.brush_size)
         self.brush_spin.setSuffix(" px")
@@ -283,6 +289,13 @@ class ImageInputPanel(QGroupBox):
         self.eraser_button = QPushButton("Eraser")
         self.eraser_button.setCheckable(True)
         self.eraser_button.toggled.connect(lambda on: setattr(editor, "eraser", on))
+        row = QHBoxLayout()
+        row.addWidget(self.brush_spin)
+        row.addWidget(self.eraser_button)
+        row.addStretch(1)
+        return row
+
+    def _make_mask_tools(self) -> QHBoxLayout:
         self.clear_mask_button = QPushButton("Clear mask")
         self.clear_mask_button.clicked.connect(self.mask_editor.clear)
         self.invert_button = QPushButton("Invert")
@@ -291,9 +304,7 @@ class ImageInputPanel(QGroupBox):
         self.load_mask_button.setToolTip("A mask file of the input's size: white = repaint")
         self.load_mask_button.clicked.connect(self.load_mask_dialog)
         row = QHBoxLayout()
-        row.addWidget(QLabel("Brush"))
-        for widget in (self.brush_spin, self.eraser_button, self.clear_mask_button,
-                       self.invert_button, self.load_mask_button):  # fmt: skip
+        for widget in (self.clear_mask_button, self.invert_button, self.load_mask_button):
             row.addWidget(widget)
         row.addStretch(1)
         return row
@@ -313,31 +324,33 @@ class ImageInputPanel(QGroupBox):
         self._show_error("")
         return True
 
-    def _make_mask_blur(self) -> QHBoxLayout:
+    def _make_mask_blur(self) -> QSpinBox:
         self.mask_blur_spin = step_spin(0, 256)
         self.mask_blur_spin.setSuffix(" px")
         self.mask_blur_spin.setToolTip("Feathers the mask's edge so the repainted part blends in")
         bind_spin_box(self.generation, "mask_blur", self.mask_blur_spin)
         self.paste_back_check = QCheckBox("Paste the original back outside the mask")
         bind_check_box(self.generation, "paste_back", self.paste_back_check)
-        row = QHBoxLayout()
-        row.addWidget(self.mask_blur_spin)
-        row.addWidget(self.paste_back_check, 1)
-        return row
+        return self.mask_blur_spin
 
     # ---------------------------------------------------------------- outpainting
 
-    def _make_outpaint(self) -> QHBoxLayout:
-        row = QHBoxLayout()
+    def _make_outpaint(self) -> QGridLayout:
+        """Left and right, top and bottom: pixels added, in steps of 64."""
+        grid = QGridLayout()
         self.outpaint_spins: dict[str, QSpinBox] = {}
-        for side, name in zip(OUTPAINT_SIDES, OUTPAINT_FIELDS, strict=True):
+        for index, (side, name) in enumerate(zip(OUTPAINT_SIDES, OUTPAINT_FIELDS, strict=True)):
             spin = step_spin(0, MAX_SIDE, OUTPAINT_MULTIPLE)
+            spin.setSuffix(" px")
             spin.setToolTip(f"Pixels added on the {side} (a multiple of {OUTPAINT_MULTIPLE})")
             bind_spin_box(self.generation, name, spin)
             self.outpaint_spins[side] = spin
-            row.addWidget(QLabel(side[0].upper()))
-            row.addWidget(spin, 1)
-        return row
+            row, column = divmod(index, 2)
+            grid.addWidget(QLabel(side.capitalize()), row, 2 * column)
+            grid.addWidget(spin, row, 2 * column + 1)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
+        return grid
 
 
 def step_spin(minimum: int, maximum: int, step: int = 1) -> QSpinBox:

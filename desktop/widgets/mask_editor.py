@@ -1,7 +1,7 @@
 """The mask editor: paint what to repaint over the init image, at the image's own pixel size.
 
-The mask is a greyscale QImage the size of the init image (255 = repaint, 0 = keep), shown as a
-red veil over the image scaled to fit the widget. The left button paints (or erases, with the
+The mask is a greyscale QImage the size of the init image (255 = repaint, 0 = keep), shown in
+negative over the image scaled to fit the widget. The left button paints (or erases, with the
 eraser on) round strokes `brush_size` image pixels wide, without antialiasing, so every pixel is
 0 or 255; the mask blur of the request feathers it later. After each stroke, clear, invert or
 load, `mask_edited` carries the mask as a PIL "L" image, or None when nothing is painted (plain
@@ -28,8 +28,9 @@ from sdxs_rt.image_inputs import check_mask_size, load_mask
 
 PAINT = 255
 KEEP = 0
-VEIL = QColor(230, 40, 40)
-VEIL_OPACITY = 0.55
+# The painted part is shown in negative (white drawn in difference mode): visible on any image.
+VEIL = QColor(255, 255, 255)
+VEIL_OPACITY = 0.8
 DEFAULT_BRUSH = 24  # image pixels
 PLACEHOLDER = "Open an input image to paint a mask on it"
 
@@ -200,7 +201,7 @@ class MaskEditor(QWidget):
     # ---------------------------------------------------------------- drawing the widget
 
     def veil(self) -> QImage:
-        """The mask as red with the mask as alpha."""
+        """White where the mask is painted, transparent elsewhere."""
         if self._veil is None:
             veil = QImage(self.mask.size(), QImage.Format.Format_ARGB32)
             veil.fill(VEIL)
@@ -219,4 +220,5 @@ class MaskEditor(QWidget):
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         painter.drawImage(rect, self.image)
         painter.setOpacity(VEIL_OPACITY)
+        painter.setCompositionMode(QPainter.CompositionMode.CompositionMode_Difference)
         painter.drawImage(rect, self.veil())
