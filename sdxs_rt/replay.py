@@ -236,7 +236,8 @@ def load_arguments(record: ImageRecord, options: ReplayOptions, folder: Path) ->
         "device": options.device or record.device or None,
         "dtype": options.precision or record.precision or None,
         "variant": record.variant,
-        "revision": record.revision if model is not None else None,
+        # The recorded revision pins the recorded hub model only, not one given instead.
+        "revision": record.revision if options.model is None and model is not None else None,
         "backend_options": {"loras": loras} if loras else None,
     }
 

@@ -191,12 +191,15 @@ def test_records_and_models_that_cannot_be_replayed(
         recorded_model(replace(DEMO, model="my-local-model"))
     assert recorded_model(DEMO) is None  # the built-in model
     assert recorded_model(replace(DEMO, model="AiArtLab/sdxs")) == "AiArtLab/sdxs"
+    hub_record = replace(DEMO, model="AiArtLab/sdxs", revision="0" * 40, variant="fp16")
+    job = prepare_replay(save_record(tmp_path / "h.png", hub_record))
+    assert job.load["model"] == "AiArtLab/sdxs" and job.load["revision"] == "0" * 40
     job = prepare_replay(
-        save_record(tmp_path / "r.png", replace(DEMO, model="my-local-model")),
+        save_record(tmp_path / "r.png", replace(hub_record, model="my-local-model")),
         ReplayOptions(model=str(tmp_path), device="cuda", precision="fp16"),
     )
-    assert (job.load["model"], job.load["device"], job.load["dtype"]) == (
-        str(tmp_path), "cuda", "fp16",
+    assert (job.load["model"], job.load["device"], job.load["dtype"], job.load["revision"]) == (
+        str(tmp_path), "cuda", "fp16", None,
     )  # fmt: skip
     assert job.params.num_images == 1 and job.params.seed == DEMO.seed
 
