@@ -24,7 +24,7 @@ from sdxs_rt.backends.torch.lora import (  # noqa: E402
     parse_lora_spec,
     read_lora,
 )
-from sdxs_rt.errors import EXIT_USAGE, UsageError  # noqa: E402
+from sdxs_rt.errors import EXIT_NOT_FOUND, EXIT_USAGE, UsageError  # noqa: E402
 from sdxs_rt.training.lora import (  # noqa: E402
     DEFAULT_TARGETS,
     EXTENDED_TARGETS,
@@ -284,6 +284,22 @@ def test_cli_lora_equals_merge_lora_folder(
         diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()
     print(f"--lora X:0.7 image vs merge-lora folder image: max diff {diff}/255")
     assert diff <= 1
+
+
+def test_lora_image_replays_with_the_lora_found_by_hash(
+    lora: dict[str, Any], tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`info --replay` finds the recorded LoRA in --inputs DIR and merges it again."""
+    from sdxs_rt.commands.cli import main
+
+    out = tmp_path / "lora.png"
+    argv = ["--model", str(tiny_model), "--lora", f"{lora['path']}:0.7", "-o", str(out)]
+    assert _generate(argv, capsys)[0] == 0
+    replay = ["info", str(out), "--replay", "--model", str(tiny_model)]
+    assert main([*replay, "--inputs", str(Path(lora["path"]).parent)]) == 0
+    assert capsys.readouterr().out == "replay: identical (64 x 64)\n"
+    assert main([*replay, "--inputs", str(tmp_path)]) == EXIT_NOT_FOUND  # no LoRA there
+    assert "the LoRA style.safetensors" in capsys.readouterr().err
 
 
 def test_cli_lora_with_onnx_backend_is_a_usage_error(
