@@ -116,14 +116,22 @@ def _size(size: tuple[int, int]) -> str:
 
 
 def read_record(path: str | os.PathLike[str]) -> ImageRecord:
-    """The `sdxs_rt` record of a PNG; one sentence when there is none."""
-    _, texts = read_png_text(path)
+    """The `sdxs_rt` record of a PNG; one sentence when there is none, or when the record
+    describes an image of another size (an option it does not hold, such as the hires fix)."""
+    size, texts = read_png_text(path)
     text = texts.get(SDXS_RT_KEY)
     if text is None:
         raise UsageError(
             f"{path} has no sdxs_rt record; only images sdxs-rt saved with metadata can be replayed"
         )
-    return ImageRecord.from_json(text)
+    record = ImageRecord.from_json(text)
+    if size != (record.width, record.height):
+        raise UsageError(
+            f"{path} is {_size(size)} but its record describes a "
+            f"{_size((record.width, record.height))} image (drawn with an option the record "
+            "does not hold, such as the hires fix), so it cannot be replayed"
+        )
+    return record
 
 
 def prepare_replay(path: str | os.PathLike[str], options: ReplayOptions | None = None) -> ReplayJob:

@@ -187,6 +187,10 @@ def test_records_and_models_that_cannot_be_replayed(
     Image.new("RGB", (8, 8)).save(plain)
     code, _, stderr = run_cli(capsys, "info", str(plain), "--replay")
     assert code == EXIT_USAGE and "has no sdxs_rt record" in stderr
+    code, _, stderr = run_cli(
+        capsys, "info", str(save_record(tmp_path / "s.png", RECORD)), "--replay"
+    )
+    assert code == EXIT_USAGE and "is 64x64 but its record describes a 576x576 image" in stderr
     with pytest.raises(ModelNotFoundError, match="give its path with --model"):
         recorded_model(replace(DEMO, model="my-local-model"))
     assert recorded_model(DEMO) is None  # the built-in model
