@@ -120,7 +120,15 @@ def check_variation(seed: int | None, strength: float, count: int) -> None:
         if strength:
             raise UsageError("a variation strength needs a variation seed")
         return
-    check_seed(seed, count)
+    # Not check_seed: its message names the seed and offers -1 (random), which is refused here.
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UsageError(f"variation seed must be a whole number >= 0, got {seed!r}")
+    count = max(count, 1)
+    if seed + count - 1 > MAX_SEED:
+        raise UsageError(
+            f"variation seed {seed} is too large for {count} images; the most is "
+            f"{MAX_SEED - count + 1}"
+        )
 
 
 def _is_number(value: object) -> bool:

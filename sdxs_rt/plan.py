@@ -127,7 +127,7 @@ def make_plan(params: GenerationParams, model: ModelFacts) -> GenerationPlan:
     seed = random_seed() if params.seed is None else params.seed
     init = None if params.init_image is None else _open(params.init_image, "init image")
     width, height = output_size(params, model.native_size, None if init is None else init[0].size)
-    strength = _strength(params)
+    strength = strength_for(params)
     params = replace(
         params, seed=seed, scheduler=scheduler, width=width, height=height, strength=strength
     )
@@ -208,7 +208,8 @@ def _round_down(side: int) -> int:
     return max(SIZE_STEP, side // SIZE_STEP * SIZE_STEP)
 
 
-def _strength(params: GenerationParams) -> float | None:
+def strength_for(params: GenerationParams) -> float | None:
+    """The strength a request runs at: its own, else the default; None without an init image."""
     if params.init_image is None:
         return None
     if params.strength is not None:

@@ -21,6 +21,7 @@ from sdxs_rt.dev.demo.check import measure
 from sdxs_rt.dev.demo.data import Combination, render
 from sdxs_rt.errors import EXIT_NOT_FOUND, EXIT_USAGE
 from sdxs_rt.metadata import read_metadata
+from sdxs_rt.pipeline import Pipeline
 
 PROMPT = "a red circle on a blue background"
 FAST = ["--steps", "6", "--seed", "3"]
@@ -243,3 +244,30 @@ def test_options_missing_what_they_need_are_usage_errors(
     flags = [str(files["mask"]) if flag == "MASK" else flag for flag in flags]
     code, line = refused(capsys, files["out"], *flags)
     assert code == EXIT_USAGE and words in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "words"),
+    [
+        (["--mask", "SMALL_MASK"], EXIT_USAGE, "the mask is 32x32 but the init image is 64x64"),
+        (["--mask", "NOWHERE"], EXIT_NOT_FOUND, "does not exist"),
+        (["--strength", "0.01", "--steps", "20"], EXIT_USAGE, "or the steps to at least 100"),
+        (["--outpaint", "64,0,0,0", "--steps", "1", "--strength", "0.5"], EXIT_USAGE, "no step"),
+    ],
+)
+def test_image_input_refusals_come_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    code: int,
+    words: str,
+) -> None:
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", no_loading)
+    named = {"SMALL_MASK": str(files["small_mask"]), "NOWHERE": str(files["out"] / "x.png")}
+    flags = [named.get(flag, flag) for flag in flags]
+    got, line = refused(capsys, files["out"], "--init-image", str(files["init"]), *flags)
+    assert got == code and words in line

@@ -197,6 +197,22 @@ def test_a_variation_strength_needs_a_variation_seed() -> None:
         plan(variation_strength=0.5)
 
 
+@pytest.mark.parametrize(
+    ("seed", "count", "words"),
+    [
+        (-1, 1, "variation seed must be a whole number >= 0, got -1"),
+        (True, 1, "variation seed must be a whole number >= 0, got True"),
+        (2**63 - 1, 2, "variation seed 9223372036854775807 is too large for 2 images"),
+    ],
+)
+def test_bad_variation_seeds_are_named_as_variation_seeds(
+    seed: object, count: int, words: str
+) -> None:
+    with pytest.raises(UsageError, match=words) as caught:
+        plan(variation_seed=seed, variation_strength=0.5, num_images=count)
+    assert "-1 for random" not in str(caught.value)  # that is --seed's, refused here
+
+
 def test_the_sampler_defaults_to_the_models_and_unknown_ones_are_refused() -> None:
     assert plan().scheduler == "ddpm" and plan().params.scheduler == "ddpm"
     with pytest.raises(UsageError, match="unknown scheduler 'lms'"):

@@ -50,6 +50,7 @@ def plan_jobs(
     check_preview_args(args)
     seeds = [first_seed + i for i in range(per_prompt * len(prompts))]
     replace(base, num_images=len(seeds)).validate()  # also checks the last seed fits
+    check_image_inputs(base)
     paths = output_paths(args.output, seeds)
     check_outputs(paths, overwrite=args.overwrite)
     return [
@@ -67,6 +68,19 @@ def param_fields(args: argparse.Namespace) -> dict[str, Any]:
     if values["outpaint"] is not None:
         values["outpaint"] = parse_outpaint(values["outpaint"])
     return values
+
+
+def check_image_inputs(params: GenerationParams) -> None:
+    """The image-input refusals that need no model, made before it loads (the plan makes them
+    again): unreadable files, a mask of another size, a strength that leaves no step."""
+    if params.init_image is None:
+        return
+    init = load_image(params.init_image)  # type: ignore[arg-type]
+    if params.mask is not None:
+        check_mask_size(load_mask(params.mask), init.size)  # type: ignore[arg-type]
+    strength = strength_for(params)
+    assert strength is not None
+    steps_kept(params.num_inference_steps, strength)
 
 
 def check_preview_args(args: argparse.Namespace) -> None:
