@@ -153,6 +153,46 @@ def _boolean(name: str) -> Callable[[str], dict[str, Any]]:
     return read
 
 
+# Our hires upscalers by A1111's names for the same thing ("Latent" is its bilinear latent
+# resize; "Lanczos" its pixel resize).
+HIRES_UPSCALER_LABELS = {"latent": "Latent", "lanczos": "Lanczos"}
+
+
+def _write_hires_upscaler(record: ImageRecord) -> str | None:
+    upscaler = record.hires_upscaler
+    return None if upscaler is None else HIRES_UPSCALER_LABELS.get(upscaler, upscaler)
+
+
+def _hires_upscaler(value: str) -> dict[str, Any]:
+    for name, label in HIRES_UPSCALER_LABELS.items():
+        if value.strip().lower() in (name, label.lower()):
+            return {"hires_upscaler": name}
+    raise ValueError(value)
+
+
+def _hires_scale(value: str) -> dict[str, Any]:
+    scale = float(value)
+    if not 1 < scale <= 4:
+        raise ValueError(value)
+    return {"hires_scale": scale}
+
+
+def _positive(name: str) -> Callable[[str], dict[str, Any]]:
+    def read(value: str) -> dict[str, Any]:
+        number = int(value)
+        if number <= 0:  # A1111's "Hires steps: 0" means "the same steps": left to the default
+            raise ValueError(value)
+        return {name: number}
+
+    return read
+
+
+def _hires_strength(values: dict[str, Any]) -> None:
+    """With a hires fix, "Denoising strength" was the second pass's (A1111's meaning)."""
+    if "hires_scale" in values and "strength" in values and "init_image" not in values:
+        values["hires_strength"] = values.pop("strength")
+
+
 def _lora_hashes(record: ImageRecord) -> str | None:
     loras = record.loras
     return ", ".join(f"{x['name']}: {x.get('hash', '')}" for x in loras) if loras else None
@@ -178,9 +218,18 @@ LABELS: tuple[Label, ...] = (
     Label(
         "Variation seed strength", lambda r: r.variation_strength, _fraction("variation_strength")
     ),
-    Label("Denoising strength", lambda r: r.strength, _fraction("strength")),
+    # A1111 writes the hires pass's strength under this label too (we refuse hires with an
+    # init image, so one of the two is set); read back by `_hires_strength`.
+    Label(
+        "Denoising strength",
+        lambda r: r.strength if r.strength is not None else r.hires_strength,
+        _fraction("strength"),
+    ),
     Label("Mask blur", lambda r: r.mask_blur, _pixels("mask_blur")),
     Label("Resize mode", _write_resize_mode, _resize_mode),
+    Label("Hires upscale", lambda r: r.hires_scale, _hires_scale),
+    Label("Hires steps", lambda r: r.hires_steps, _positive("hires_steps")),
+    Label("Hires upscaler", _write_hires_upscaler, _hires_upscaler),
     Label("Version", lambda r: f"{VERSION_PREFIX}{r.version}", _version),
     Label("Backend", lambda r: r.backend, lambda v: {"backend": v}),
     Label("RNG", lambda r: r.rng, lambda v: {"rng": v}),
@@ -287,6 +336,7 @@ def record_from_parameters(parsed: ParsedParameters) -> dict[str, Any]:
             values.update(entry.read(raw))
         except ValueError:
             extra[key] = raw  # unknown key or unreadable value: kept, not guessed
+    _hires_strength(values)
     if "scheduler" not in values and "scheduler_label" in values:
         scheduler = scheduler_for_label(
             values["scheduler_label"], parsed.params.get("Schedule type", "")

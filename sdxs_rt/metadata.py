@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,20 +19,13 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.infotext import format_parameters, parse_parameters
-from sdxs_rt.plan import GenerationPlan
+from sdxs_rt.plan import GenerationPlan, hires_size
 from sdxs_rt.rng import RNG_NAME
 from sdxs_rt.scheduler_table import SCHEDULER_LABELS
 
 FORMAT_VERSION = 1
 PARAMETERS_KEY = "parameters"
 SDXS_RT_KEY = "sdxs_rt"
-# Older records lack these; image-input fields are None (or their defaults) for text to image.
-OPTIONAL_FIELDS = frozenset(
-    {
-        "variant", "revision", "extra", "strength", "resize_mode", "mask_blur", "paste_back",
-        "outpaint", "init_image", "mask", "variation_seed", "variation_strength",
-    }
-)  # fmt: skip
 
 
 @dataclass
@@ -70,6 +63,18 @@ class ImageRecord:
     mask: dict[str, Any] | None = None
     variation_seed: int | None = None
     variation_strength: float | None = None
+    # Hires fix (None without one); width and height stay the first pass's, as A1111 records.
+    hires_scale: float | None = None
+    hires_strength: float | None = None
+    hires_steps: int | None = None
+    hires_upscaler: str | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The saved image's (width, height): the hires size when there was a second pass."""
+        if self.hires_scale is None:
+            return self.width, self.height
+        return hires_size(self.width, self.height, self.hires_scale)
 
     @property
     def loras(self) -> list[dict[str, Any]]:
@@ -96,7 +101,10 @@ class ImageRecord:
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
         """Build a record from the chunk's dict; unknown keys (newer writers) land in `extra`."""
         known = {f.name for f in fields(cls)}
-        missing = sorted(n for n in known - OPTIONAL_FIELDS if n not in data)
+        # Fields with a default are optional: older records lack them.
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        required -= {f.name for f in fields(cls) if f.default_factory is not MISSING}
+        missing = sorted(n for n in required if n not in data)
         if missing:
             raise UsageError(f"the sdxs_rt metadata lacks {', '.join(missing)}")
         values = {k: v for k, v in data.items() if k in known}
@@ -140,7 +148,20 @@ def make_record(pipe: RecordSource, plan: GenerationPlan, index: int) -> ImageRe
         extra={"loras": list(info["loras"])} if info.get("loras") else {},
         **_image_input_fields(plan),
         **_variation_fields(plan, index),
+        **_hires_fields(plan),
     )
+
+
+def _hires_fields(plan: GenerationPlan) -> dict[str, Any]:
+    hires = plan.hires
+    if hires is None:
+        return {}
+    return {
+        "hires_scale": hires.scale,
+        "hires_strength": hires.strength,
+        "hires_steps": hires.steps,
+        "hires_upscaler": hires.upscaler,
+    }
 
 
 def _image_input_fields(plan: GenerationPlan) -> dict[str, Any]:

@@ -125,11 +125,11 @@ def read_record(path: str | os.PathLike[str]) -> ImageRecord:
             f"{path} has no sdxs_rt record; only images sdxs-rt saved with metadata can be replayed"
         )
     record = ImageRecord.from_json(text)
-    if size != (record.width, record.height):
+    if size != record.image_size:
         raise UsageError(
             f"{path} is {_size(size)} but its record describes a "
-            f"{_size((record.width, record.height))} image (drawn with an option the record "
-            "does not hold, such as the hires fix), so it cannot be replayed"
+            f"{_size(record.image_size)} image (resized after it was saved?), so it cannot be "
+            "replayed"
         )
     return record
 
@@ -173,7 +173,15 @@ def replay_params(
         outpaint=tuple(record.outpaint) if record.outpaint else None,  # type: ignore[arg-type]
         variation_seed=record.variation_seed,
         variation_strength=record.variation_strength or 0.0,
+        hires_scale=record.hires_scale,
+        hires_strength=_or(record.hires_strength, defaults.hires_strength),
+        hires_steps=record.hires_steps,
+        hires_upscaler=_or(record.hires_upscaler, defaults.hires_upscaler),
     )
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def find_input(digest: dict[str, Any] | None, what: str, folder: Path) -> Path | None:

@@ -97,3 +97,24 @@ def test_hires_on_the_demo_model_keeps_the_picture(upscaler: str) -> None:
     assert high.size == (128, 128)
     down = high.resize(low.size, Image.Resampling.BOX)
     assert measure(down) == measure(low) == ("red", "blue")
+
+
+def test_hires_labels_are_a1111s_and_read_back() -> None:
+    from sdxs_rt.infotext import format_parameters, parse_parameters, record_from_parameters
+    from sdxs_rt.metadata import ImageRecord
+
+    record = ImageRecord(
+        prompt="p", negative_prompt="", steps=20, guidance_scale=5.5, seed=3, width=576,
+        height=448, scheduler="euler", scheduler_label="Euler", model="m", model_hash="h",
+        backend="torch", precision="fp32", device="cpu", rng="numpy-pcg64", version="0",
+        text_encoder="t", hires_scale=2.0, hires_strength=0.45, hires_steps=12,
+        hires_upscaler="latent",
+    )  # fmt: skip
+    text = format_parameters(record)
+    assert "Size: 576x448" in text and "Denoising strength: 0.45" in text
+    assert "Hires upscale: 2.0, Hires steps: 12, Hires upscaler: Latent" in text
+    assert record.image_size == (1152, 896)
+    values = record_from_parameters(parse_parameters(text))
+    assert values["hires_scale"] == 2.0 and values["hires_steps"] == 12
+    assert values["hires_strength"] == 0.45 and "strength" not in values
+    assert values["hires_upscaler"] == "latent"

@@ -336,7 +336,15 @@ def test_a1111_own_labels_and_order() -> None:
 def test_each_label_appears_once_and_every_field_label_reads_back() -> None:
     labels = [entry.label for entry in LABELS]
     assert len(labels) == len(set(labels))
-    record = replace(IMAGE_RECORD, revision="0123456789abcdef" * 2)
+    # Every label set at once (hires fields next to image inputs only here: each label is
+    # parsed alone below).
+    record = replace(
+        IMAGE_RECORD,
+        revision="0123456789abcdef" * 2,
+        hires_scale=2.0,
+        hires_steps=12,
+        hires_upscaler="latent",
+    )
     written = dict(parameter_items(record))
     for entry in LABELS:
         if entry.read is None:

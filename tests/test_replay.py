@@ -62,6 +62,8 @@ CASES = {
                    "{inputs}/mask.png", "--mask-blur", "2", "--strength", "0.9"],
     "outpainting": ["--seed", "14", "--init-image", "{inputs}/init.png", "--outpaint",
                     "64,0,0,0", "--no-paste-back"],
+    "hires fix": ["--seed", "15", "--size", "64x64", "--hires-scale", "2", "--hires-steps",
+                  "4", "--hires-upscaler", "latent"],
 }  # fmt: skip
 
 
@@ -76,6 +78,8 @@ def test_cli_images_replay_identical(
     assert (code, stdout) == (0, f"replay: identical ({width} x {height})\n"), stderr
     if case == "outpainting":
         assert (width, height) == (128, 64)
+    if case == "hires fix":
+        assert (width, height) == (128, 128)
 
 
 def test_variation_image_of_a_batch_replays_with_its_own_seeds(

@@ -12,13 +12,13 @@ from typing import Any
 from sdxs_rt.backend_table import backend, import_backend, names_with, names_without
 from sdxs_rt.commands.generate import PARAM_FLAGS
 from sdxs_rt.errors import SdxsError, UsageError
-from sdxs_rt.image_inputs import load_image, parse_outpaint
+from sdxs_rt.image_inputs import check_mask_size, load_image, load_mask, parse_outpaint, steps_kept
 from sdxs_rt.images import check_outputs, output_paths, save_png
 from sdxs_rt.loading import DEFAULT_IMAGE_SIZE, native_image_size, resolve_model
 from sdxs_rt.metadata import ImageRecord, make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
-from sdxs_rt.plan import hires_size, output_size
+from sdxs_rt.plan import hires_size, output_size, strength_for
 from sdxs_rt.progress import bar_wanted
 from sdxs_rt.rng import random_seed
 
@@ -222,8 +222,8 @@ def save_image(
         "negative_prompt": record.negative_prompt,
         "steps": record.steps,
         "cfg": record.guidance_scale,
-        "width": record.width,
-        "height": record.height,
+        "width": record.image_size[0],
+        "height": record.image_size[1],
         "scheduler": record.scheduler,
         "backend": record.backend,
         "device": record.device,
@@ -240,7 +240,8 @@ def image_input_record(record: ImageRecord) -> dict[str, Any]:
     """The image-input and variation fields of a record that are set, for --json."""
     names = (
         "strength", "init_image", "mask", "mask_blur", "paste_back", "outpaint", "resize_mode",
-        "variation_seed", "variation_strength",
+        "variation_seed", "variation_strength", "hires_scale", "hires_strength", "hires_steps",
+        "hires_upscaler",
     )  # fmt: skip
     return {name: getattr(record, name) for name in names if getattr(record, name) is not None}
 

@@ -94,7 +94,8 @@ MODES = (
 def side_by_side(*images: Image.Image) -> Image.Image:
     """The images enlarged ZOOM times, left to right on white, bottoms aligned."""
     big = [
-        i.convert("RGB").resize((i.width * ZOOM, i.height * ZOOM), Image.NEAREST) for i in images
+        i.convert("RGB").resize((i.width * ZOOM, i.height * ZOOM), Image.Resampling.NEAREST)
+        for i in images
     ]
     width = sum(i.width for i in big) + GAP * (len(big) - 1)
     height = max(i.height for i in big)
