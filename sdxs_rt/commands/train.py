@@ -76,7 +76,7 @@ HELP = {
     "validation_every": "generate validation images every N steps; 0: never",
     "validation_prompts": "prompts for the validation images",
     "validation_steps": "sampling steps of validation images (default 20)",
-    "validation_cfg": "guidance scale of validation images (default 5.5)",
+    "validation_guidance_scale": "guidance scale of validation images (default 5.5)",
     "validation_size": "validation image side in px (default 576)",
     "seed": "seed of batch order, noise, timesteps and dropout (default 0)",
     "log_with": "tensorboard (in output_dir/logs) or none",

@@ -89,7 +89,7 @@ class TrainConfig:
     validation_every: int = 0  # 0: never
     validation_prompts: list[str] = field(default_factory=list)
     validation_steps: int = 20
-    validation_cfg: float = 5.5
+    validation_guidance_scale: float = 5.5
     validation_size: int = 576
     # housekeeping
     seed: int = 0
@@ -238,7 +238,10 @@ def _check_numbers(config: TrainConfig) -> None:
         if not 0.0 <= value <= 1.0:
             raise UsageError(f"{name} must be between 0 and 1; got {value}.")
     non_negative = {"weight_decay": config.weight_decay, "max_grad_norm": config.max_grad_norm}
-    non_negative |= {"adam_epsilon": config.adam_epsilon, "validation_cfg": config.validation_cfg}
+    non_negative |= {
+        "adam_epsilon": config.adam_epsilon,
+        "validation_guidance_scale": config.validation_guidance_scale,
+    }
     for name, value in non_negative.items():
         if not 0.0 <= value < math.inf:
             raise UsageError(f"{name} must be a finite number >= 0; got {value}.")

@@ -94,7 +94,7 @@ class Validator:
         result = pipe(
             prompt,
             num_inference_steps=config.validation_steps,
-            guidance_scale=config.validation_cfg,
+            guidance_scale=config.validation_guidance_scale,
             width=config.validation_size,
             height=config.validation_size,
             seed=config.seed + index,
