@@ -1,13 +1,13 @@
-"""`sdxs-rt generate`: its parser, and reading the prompts and size from the arguments.
+"""`sdxs-rt generate`: its parser, and its runner `run(args)`.
 
-The run itself lives in `generate_run` (it imports numpy and the pipeline); this module stays
-light so `sdxs-rt --help` is fast.
+The arguments become a checked `generate_options.GenerateOptions` once; the run itself lives in
+`generate_run` (it imports numpy and the pipeline). This module stays light so `sdxs-rt --help`
+is fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 
 from sdxs_rt.backend_table import (
     ALL_PRECISIONS,
@@ -17,7 +17,6 @@ from sdxs_rt.backend_table import (
     backend,
     names_with,
 )
-from sdxs_rt.errors import UsageError
 from sdxs_rt.scheduler_table import SCHEDULER_NAMES
 
 GENERATE_EXAMPLES = """examples:
@@ -288,50 +287,12 @@ def precision_defaults() -> str:
     return ", ".join(f"{b.default_precision or own} for {b.name}" for b in BACKENDS)
 
 
-SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-
-
-def parse_size(args: argparse.Namespace) -> tuple[int | None, int | None]:
-    """--size WxH or --width/--height; the two forms are exclusive. None: the model's size."""
-    if args.size is not None:
-        if args.width is not None or args.height is not None:
-            raise UsageError("give either --size or --width/--height, not both")
-        match = SIZE_PATTERN.match(args.size)
-        if not match:
-            raise UsageError(f"--size must look like 576x448, got {args.size!r}")
-        return int(match.group(1)), int(match.group(2))
-    return args.width, args.height
-
-
-def read_prompts(args: argparse.Namespace) -> list[str]:
-    given = [v for v in (args.prompt_arg, args.prompt, args.prompt_file) if v is not None]
-    if len(given) > 1:
-        raise UsageError("give the prompt once: as an argument, with -p, or with --prompt-file")
-    if args.prompt_file is not None:
-        prompts = _read_prompt_file(args.prompt_file)
-    else:
-        prompts = [given[0]] if given else []
-    if not prompts or not all(p.strip() for p in prompts):
-        raise UsageError("the prompt is empty; give one as an argument, with -p or --prompt-file")
-    return prompts
-
-
-def _read_prompt_file(path: str) -> list[str]:
-    from sdxs_rt.errors import ModelNotFoundError
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return [line.strip() for line in handle if line.strip()]
-    except FileNotFoundError:
-        raise ModelNotFoundError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read prompt file {path}: {exc}") from None
-
-
 def run(args: argparse.Namespace) -> int:
+    """Read and check the arguments once (`GenerateOptions`), then run with those options."""
+    from sdxs_rt.commands.generate_options import GenerateOptions
     from sdxs_rt.commands.generate_run import run_generate
 
-    return run_generate(args, prompts=read_prompts(args), given_size=parse_size(args))
+    return run_generate(GenerateOptions.from_args(args))
 
 
 def add_hires_arguments(parser: argparse.ArgumentParser) -> None:
