@@ -91,7 +91,7 @@ def test_img2img_at_low_strength_keeps_the_red_circle_where_it_was(demo: Pipelin
     image = run(demo, init_image=init, strength=0.3).images[0]
     assert image.size == (64, 64)
     assert measure(image) == ("red", "blue") and shape_guess(image) == "circle"
-    assert overlap(image, init) > 0.7
+    assert overlap(image, init) > 0.65
     assert 0 < mean_difference(image, init) < 20  # redrawn, not passed through
     # the same seed from noise puts its circle elsewhere: the init image placed this one
     drawn = run(demo).images[0]
@@ -128,7 +128,8 @@ def test_without_paste_back_the_kept_region_is_generated_not_copied(demo: Pipeli
     before, after = pixels(init), pixels(result.images[0])
     assert (after[keep] != before[keep]).any()  # decoded pixels, not forced equal
     # blended denoising still keeps that region's content: blue, not the prompt's green
-    assert colour_share(after[keep], "blue") > 0.8
+    assert colour_share(after[keep], "blue") > 0.7
+    assert colour_share(after[keep], "green") < 0.05
     assert colour_share(after[:, :16], "green") > 0.8
 
 
