@@ -342,6 +342,8 @@ class BuildLog:
             yield f"{graph}: building the TensorRT engine (this takes a while)"
         elif kind == "done":
             yield f"{graph}: wrote {event.path} {self.percent(graph, 1)}%"
+        elif kind == "note":
+            yield f"{graph}: {event.message}"
         elif kind == "phase_start" and event.parent is None:
             self.phase_steps[event.phase] = event.total
             yield f"{graph}: {event.phase}"
@@ -381,9 +383,10 @@ class EngineBuildWorker(QObject):
             self.finished.emit(True, message)
 
     def _build(self, request: BuildRequest) -> str:
-        from sdxs_rt.backends.tensorrt import RUNTIME_GRAPHS, build_engines
+        from sdxs_rt.backends.tensorrt import build_engines, engine_graphs
 
-        log = BuildLog(self.progress.emit, RUNTIME_GRAPHS)
+        graphs = engine_graphs(request.model_dir)  # with vae_encoder where the export has it
+        log = BuildLog(self.progress.emit, graphs)
 
         def on_event(event: Any) -> bool:
             log(event)
@@ -392,4 +395,7 @@ class EngineBuildWorker(QObject):
         paths = build_engines(
             request.model_dir, request.profile, request.precision, request.force, on_event
         )
-        return f"Built {len(paths)} engines; they cover {request.profile.describe()}."
+        message = f"Built {len(paths)} engines; they cover {request.profile.describe()}."
+        if "vae_encoder" not in graphs:
+            message += " No VAE encoder engine: img2img needs a new export (see the log)."
+        return message

@@ -26,6 +26,8 @@ import numpy as np
 from sdxs_rt.graphs import SizeProfile, graph_specs, profile_shapes
 
 TEXT_WIDTH = 32
+LATENT_CHANNELS = 16
+VAE_SCALE = 8
 SMALL = SizeProfile(min_size=64, opt_size=64, max_size=128, max_batch=2)
 DTYPE_NAMES = ("FLOAT", "HALF", "BF16", "INT64", "INT32", "BOOL")
 ENGINE_MAGIC = b"ENGINE:"
@@ -90,7 +92,7 @@ class FakeTrt:
         self.module = self._module()
 
     def input_dims(self, graph: str) -> dict[str, tuple[int, ...]]:
-        spec = graph_specs(16, TEXT_WIDTH)[graph]
+        spec = graph_specs(LATENT_CHANNELS, TEXT_WIDTH)[graph]
         dims = {t.name: dynamic_dims(t.shape) for t in spec.inputs}
         if graph == "unet" and self.scalar_timestep:
             dims["timestep"] = ()
@@ -305,7 +307,7 @@ class FakeRuntime:
 class FakeEngine:
     def __init__(self, fake: FakeTrt, graph: str, profile: dict[str, Any] | None = None) -> None:
         self.fake, self.graph = fake, graph
-        self.spec = graph_specs(16, TEXT_WIDTH)[graph]
+        self.spec = graph_specs(LATENT_CHANNELS, TEXT_WIDTH)[graph]
         self.dims = fake.input_dims(graph)
         self.names = [*self.dims, *(t.name for t in self.spec.outputs)]
         self.profile = profile or profile_shapes(self.spec, SMALL)
@@ -337,7 +339,8 @@ class FakeEngine:
 
 
 class FakeContext:
-    """Copies `sample` to `out_sample` (the U-Net); other outputs are filled with 0.5."""
+    """Copies `sample` to `out_sample` (the U-Net); other outputs (text embeddings, the VAE
+    decoder's images, the VAE encoder's latents) are filled with 0.5."""
 
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
@@ -354,8 +357,11 @@ class FakeContext:
             return self.shapes["sample"]
         if name == "text_embeds":
             return (self.shapes["input_ids"][0], TEXT_WIDTH)
-        b, _, h, w = self.shapes["latent_sample"]
-        return (b, 3, 8 * h, 8 * w)
+        if self.engine.graph == "vae_encoder":  # images (B, 3, H, W) -> latents
+            b, _, h, w = self.shapes["sample"]
+            return (b, LATENT_CHANNELS, h // VAE_SCALE, w // VAE_SCALE)
+        b, _, h, w = self.shapes["latent_sample"]  # the decoder: latents -> images
+        return (b, 3, VAE_SCALE * h, VAE_SCALE * w)
 
     def set_tensor_address(self, name: str, address: int) -> None:
         self.addresses[name] = address

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sdxs_rt.backends.tensorrt import builder as builder_module
 from sdxs_rt.backends.tensorrt import cache, profile
@@ -436,6 +437,10 @@ def test_check_size_for_model_uses_the_manifest_engines(exported: Path) -> None:
     write_manifest(exported, manifest)
     with pytest.raises(UsageError, match="256x64 is outside"):
         profile.check_size_for_model(exported, 256, 64, 1)
+    # the VAE encoder's engine says nothing about text-to-image sizes (as in the loader)
+    manifest.engines["vae_encoder"] = {"profile": profile.profile_info(replace(SMALL, max_size=64))}
+    write_manifest(exported, manifest)
+    profile.check_size_for_model(exported, 128, 64, 1)
 
 
 # --- builder (fake TensorRT 10.x and 11.x) --------------------------------------------------
@@ -450,18 +455,37 @@ def test_fp16_engines_from_fp16_graphs_are_strongly_typed(
     fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
 ) -> None:
     paths = builder_module.build_engines(exported, SMALL)
-    assert [p.parent for p in paths] == [engine_dir] * 3
+    assert [p.parent for p in paths] == [engine_dir] * 4
     engines = built(paths)
-    assert list(engines) == list(builder_module.RUNTIME_GRAPHS)
+    # text-to-image first, then the VAE encoder (img2img), which an fp16 export has too
+    assert list(engines) == [*builder_module.RUNTIME_GRAPHS, "vae_encoder"]
+    assert list(engines) == list(builder_module.ENGINE_GRAPHS)
     assert all(engine["strongly_typed"] for engine in engines.values())
     # the exporter's fp32 VAE stays fp32: a strongly typed engine runs the graph's own dtypes
     precisions = {graph: engine["precision"] for graph, engine in engines.items()}
-    assert precisions == {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp32"}
+    assert precisions == {
+        "text_encoder": "fp16",
+        "unet": "fp16",
+        "vae_decoder": "fp32",
+        "vae_encoder": "fp32",
+    }
     specs = graph_specs(16, TEXT_WIDTH)
     for graph, engine in engines.items():
         expected = profile_shapes(specs[graph], SMALL)
         assert engine["profiles"] == [{k: [list(s) for s in v] for k, v in expected.items()}]
         assert engine["workspace"] is None
+
+
+def test_the_encoder_engine_takes_every_image_the_decoder_makes(
+    fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
+) -> None:
+    """img2img and the pixel hires fix encode images of the sizes text-to-image decodes."""
+    engines = built(builder_module.build_engines(exported, replace(SMALL, opt_size=128)))
+    [decoder_profile] = engines["vae_decoder"]["profiles"]
+    [encoder_profile] = engines["vae_encoder"]["profiles"]
+    decoded = [[b, 3, 8 * h, 8 * w] for b, _, h, w in decoder_profile["latent_sample"]]
+    assert encoder_profile == {"sample": decoded}
+    assert decoded == [[1, 3, 64, 64], [1, 3, 128, 128], [2, 3, 128, 128]]
 
 
 def test_fp16_engines_from_fp32_graphs_use_the_fp16_flag_on_tensorrt_10(
@@ -471,7 +495,7 @@ def test_fp16_engines_from_fp32_graphs_use_the_fp16_flag_on_tensorrt_10(
     monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
     paths = builder_module.build_engines(exported_fp32, SMALL)
     engines = built(paths).values()
-    assert [(e["precision"], e["strongly_typed"]) for e in engines] == [("fp16", False)] * 3
+    assert [(e["precision"], e["strongly_typed"]) for e in engines] == [("fp16", False)] * 4
     sidecar = json.loads(paths[1].with_suffix(".json").read_text())
     assert sidecar["key"]["build_mode"] == FP16_FLAG
 
@@ -545,7 +569,7 @@ def test_each_build_starts_from_the_last_timing_cache(
 ) -> None:
     builder_module.build_engines(exported, SMALL)
     timing = cache.timing_cache_path(here.tensorrt_version or "", "8.9")
-    assert timing.read_bytes() == b"+measured+measured+measured"
+    assert timing.read_bytes() == b"+measured" * 4  # each of the four builds added to it
 
 
 def test_an_unusable_timing_cache_is_started_afresh(
@@ -584,8 +608,11 @@ def test_build_records_sidecars_and_the_manifest(
     assert sidecar["model"] == {"name": "tiny", "hash": "abc1234567"}
     assert sidecar["built_at"] and sidecar["sdxs_rt_version"] and sidecar["profile"]
     engines = read_manifest(exported).engines
-    assert sorted(engines) == sorted(builder_module.RUNTIME_GRAPHS)
+    assert sorted(engines) == sorted(builder_module.ENGINE_GRAPHS)
     assert engines["unet"]["digest"] == paths[1].stem
+    assert engines["vae_encoder"]["digest"] == paths[3].stem
+    assert engines["vae_encoder"]["graph_precision"] == "fp32"
+    assert engines["vae_encoder"]["profile"] == engines["vae_decoder"]["profile"]
     assert engines["unet"]["key"]["build_mode"] == STRONGLY_TYPED
     assert engines["vae_decoder"]["graph_precision"] == "fp32"
     assert engines["unet"]["environment"]["gpu_name"] == "Test GPU"
@@ -598,11 +625,13 @@ def test_cached_engines_are_skipped_unless_forced(
     first = builder_module.build_engines(exported, SMALL)
     events: list[builder_module.BuildEvent] = []
     again = builder_module.build_engines(exported, SMALL, progress=events.append)
-    assert again == first
-    assert [e.kind for e in events] == ["skip"] * 3
+    assert again == first and len(first) == 4
+    assert [(e.graph, e.kind) for e in events] == [
+        (graph, "skip") for graph in builder_module.ENGINE_GRAPHS
+    ]  # nothing built the second time: no start, phase or done event
     events.clear()
     builder_module.build_engines(exported, SMALL, force=True, progress=events.append)
-    assert [e.kind for e in events if e.kind in ("skip", "done")] == ["done"] * 3
+    assert [e.kind for e in events if e.kind in ("skip", "done")] == ["done"] * 4
     other = builder_module.build_engines(exported, replace(SMALL, max_batch=1))
     assert set(other).isdisjoint(first)  # another profile is another engine
 
@@ -655,7 +684,7 @@ def test_a_failing_progress_callback_does_not_break_the_build(
         if event.kind == "step":
             raise RuntimeError("oops")
 
-    assert len(builder_module.build_engines(exported, SMALL, progress=broken)) == 3
+    assert len(builder_module.build_engines(exported, SMALL, progress=broken)) == 4
 
 
 def test_missing_tensorrt_is_a_device_error(
@@ -880,6 +909,16 @@ def test_deserialize_checks_the_sidecar_before_tensorrt_runs(
 # --- load_components and the pipeline over fake engines -------------------------------------
 
 
+def load_on_cpu(monkeypatch: pytest.MonkeyPatch, here: Environment) -> None:
+    """The loader runs on CPU memory with fake streams, on this machine as the builder sees it."""
+    torch = pytest.importorskip("torch")
+    from sdxs_rt.backends.tensorrt import loader, runtime
+
+    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
+    monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
+
+
 @pytest.fixture
 def loadable(
     fake_trt: FakeTrt,
@@ -889,14 +928,73 @@ def loadable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
     """Engines built (by the fake) for `exported`; the loader runs on CPU with fake streams."""
-    torch = pytest.importorskip("torch")
-    from sdxs_rt.backends.tensorrt import loader, runtime
-
+    load_on_cpu(monkeypatch, here)
     builder_module.build_engines(exported, SMALL)
-    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
-    monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
-    monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
     return exported
+
+
+def drop_encoder_graph(folder: Path, unlisted: bool) -> None:
+    """An export made before `export onnx` wrote the VAE encoder (`unlisted`), or one whose
+    vae_encoder/ folder is gone while its manifest still lists it."""
+    if unlisted:
+        manifest = read_manifest(folder)
+        del manifest.graphs["vae_encoder"]
+        write_manifest(folder, manifest)
+    shutil.rmtree(folder / "vae_encoder")
+
+
+@pytest.mark.parametrize(
+    ("unlisted", "why"),
+    [
+        (True, "manifest.json lists no vae_encoder graph (an older export)"),
+        (False, "vae_encoder/model.onnx is missing"),
+    ],
+)
+def test_an_export_without_the_encoder_graph_builds_and_loads_without_an_encoder(
+    fake_trt: FakeTrt,
+    exported: Path,
+    engine_dir: Path,
+    here: Environment,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    unlisted: bool,
+    why: str,
+) -> None:
+    from sdxs_rt.backends.tensorrt import load_components
+
+    drop_encoder_graph(exported, unlisted)
+    assert builder_module.engine_graphs(exported) == builder_module.RUNTIME_GRAPHS
+    build = engine_cli("engine", "build", "--model", str(exported), "--min-size", "64",
+                       "--max-size", "128", "--max-batch", "2")  # fmt: skip
+    assert commands.run(build) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 3 and "vae_encoder" not in out  # the other three built
+    [note] = [line for line in err.splitlines() if line.startswith("vae_encoder")]
+    assert note == (
+        f"vae_encoder: not built: {exported / why}, so img2img and the pixel hires fix will be "
+        "unavailable on TensorRT; export the model again with 'sdxs-rt export onnx' and build "
+        "again"
+    )
+    assert sorted(read_manifest(exported).engines) == sorted(builder_module.RUNTIME_GRAPHS)
+    load_on_cpu(monkeypatch, here)
+    components = load_components(str(exported), device="cuda", precision="fp16")
+    assert components.vae_encoder is None
+    reason = components.info["vae_encoder_unavailable"]
+    if unlisted:
+        assert reason.startswith(f"{exported / 'manifest.json'} lists no vae_encoder graph")
+    else:
+        assert reason.startswith(f"{exported / why}, so 'sdxs-rt engine build' builds no")
+    assert "export the model again with 'sdxs-rt export onnx'" in reason
+    assert sorted(components.info["engines"]) == sorted(builder_module.RUNTIME_GRAPHS)
+    assert components.info["engine_profile"]["description"] == "64..128 px per side, batch 1..2"
+
+
+def test_engine_graphs_says_what_a_build_will_make(exported: Path, tmp_path: Path) -> None:
+    """The desktop's build progress counts these."""
+    assert builder_module.engine_graphs(exported) == builder_module.ENGINE_GRAPHS
+    assert builder_module.engine_graphs(tmp_path / "nowhere") == builder_module.RUNTIME_GRAPHS
+    drop_encoder_graph(exported, unlisted=True)
+    assert builder_module.engine_graphs(exported) == builder_module.RUNTIME_GRAPHS
 
 
 def test_load_components_exposes_the_engine_profile(loadable: Path) -> None:
@@ -907,7 +1005,8 @@ def test_load_components_exposes_the_engine_profile(loadable: Path) -> None:
     assert info["backend"] == "tensorrt" and info["model_hash"] == "abc1234567"
     assert info["engine_profile"]["max_size"] == 128
     assert info["engine_profile"]["description"] == "64..128 px per side, batch 1..2"
-    assert sorted(info["engines"]) == sorted(builder_module.RUNTIME_GRAPHS)
+    assert sorted(info["engines"]) == sorted(builder_module.ENGINE_GRAPHS)
+    assert components.vae_encoder is not None and "vae_encoder_unavailable" not in info
     profile.check_size(components, 128, 128, 2)
     with pytest.raises(UsageError, match="outside this engine's profile"):
         profile.check_size(components, 576, 576, 1)
@@ -1007,16 +1106,17 @@ def test_engine_build_and_list(
                       "--min-size", "64", "--max-batch", "2")  # fmt: skip
     assert commands.run_export_tensorrt(args) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 3 and "unet: building the TensorRT engine" in err
+    assert len(out.splitlines()) == 4 and "unet: building the TensorRT engine" in err
+    assert "vae_encoder: building the TensorRT engine" in err and "not built" not in err
     assert "the engines cover 64..128 px per side, batch 1..2" in err
     assert commands.run(engine_cli("engine", "list")) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["KEY", "GRAPH", "MODEL"]
-    assert len(table) == 4 and "abc1234567" in table[1] and "64-128px b1-2" in table[1]
+    assert len(table) == 5 and "abc1234567" in table[1] and "64-128px b1-2" in table[1]
     assert "Test GPU (sm 8.9)" in table[1]
     assert commands.run(engine_cli("engine", "list", "--json")) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {row["graph"] for row in rows} == set(builder_module.RUNTIME_GRAPHS)
+    assert sorted(row["graph"] for row in rows) == sorted(builder_module.ENGINE_GRAPHS)
     assert rows[0]["tensorrt_version"] == here.tensorrt_version and rows[0]["size_bytes"] > 0
     assert {row["build_mode"] for row in rows} == {STRONGLY_TYPED}
 
@@ -1030,12 +1130,14 @@ def test_engine_build_again_says_cached_and_clear_removes(
 ) -> None:
     build = engine_cli("engine", "build", "--model", str(exported), "--min-size", "64")
     assert commands.run(build) == 0
+    assert capsys.readouterr().err.count("building the TensorRT engine") == 4
     assert commands.run(build) == 0
-    assert capsys.readouterr().err.count("in the cache") == 3
+    err = capsys.readouterr().err
+    assert err.count("in the cache") == 4 and "building" not in err
     assert commands.run(engine_cli("engine", "clear", "--model-hash", "nope")) == 0
     assert "removed 0 engine(s)" in capsys.readouterr().err
     assert commands.run(engine_cli("engine", "clear", "--model-hash", "abc")) == 0
-    assert "removed 3 engine(s)" in capsys.readouterr().err
+    assert "removed 4 engine(s)" in capsys.readouterr().err
     assert commands.run(engine_cli("engine", "list")) == 0
     assert "no engines in" in capsys.readouterr().err
 
@@ -1137,8 +1239,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_tensorrt_end_to_end_matches_onnx_runtime(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Export the tiny model in fp16, build strongly typed fp16 engines, generate, and compare
-    with ONNX Runtime running the same graphs on the CPU."""
+    """Export the tiny model in fp16, build strongly typed fp16 engines (the VAE encoder's
+    too), generate and encode, and compare with ONNX Runtime running the same graphs on the CPU."""
     require_tensorrt_and_gpu()
     tiny_model = request.getfixturevalue("tiny_model")  # after the check: the fixture skips
     from sdxs_rt_export.onnx_export import export_onnx
@@ -1151,7 +1253,7 @@ def test_tensorrt_end_to_end_matches_onnx_runtime(
     small = SizeProfile(min_size=64, opt_size=128, max_size=192, max_batch=2)
     paths = builder_module.build_engines(exported, small, "fp16")
     modes = {json.loads(p.with_suffix(".json").read_text())["key"]["build_mode"] for p in paths}
-    assert len(paths) == 3 and modes == {STRONGLY_TYPED}
+    assert len(paths) == 4 and modes == {STRONGLY_TYPED}
     options = {"width": 128, "height": 64, "num_inference_steps": 4, "seed": 7}
     trt_pipe = Pipeline.from_pretrained(str(exported), backend="tensorrt", device="cuda",
                                         dtype="fp16")  # fmt: skip
@@ -1160,7 +1262,15 @@ def test_tensorrt_end_to_end_matches_onnx_runtime(
     ort_pipe = Pipeline.from_pretrained(str(exported), backend="onnx", dtype="fp16")
     ort_image = np.asarray(ort_pipe("a red circle", **options).images[0])
     assert psnr(trt_image, ort_image) >= 35.0
-    assert len(cache.list_engines()) == 3
+    # the VAE encoder engine (img2img): the same latents as ONNX Runtime's, within fp16's
+    assert "vae_encoder_unavailable" not in trt_pipe.components.info
+    init = Image.fromarray(ort_image)
+    trt_latents = trt_pipe.encode_image(init).float().cpu().numpy()
+    ort_latents = np.asarray(ort_pipe.encode_image(init), dtype=np.float32)
+    assert trt_latents.shape == ort_latents.shape == (1, 16, 8, 16)
+    relative = np.abs(trt_latents - ort_latents).mean() / np.abs(ort_latents).mean()
+    assert relative < 0.02  # measured on ONNX Runtime: fp16 vs fp32 graphs 0.002
+    assert len(cache.list_engines()) == 4
     assert read_manifest(exported).engines["unet"]["environment"]["gpu_name"]
 
 

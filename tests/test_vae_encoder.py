@@ -40,7 +40,7 @@ from sdxs_rt.errors import EngineError, OutOfMemoryError, UsageError  # noqa: E4
 from sdxs_rt.graphs import MANIFEST_NAME  # noqa: E402
 from sdxs_rt.pipeline import scale_latents, unscale_latents  # noqa: E402
 from tests import test_tensorrt  # noqa: E402
-from tests.fake_tensorrt import SMALL, FakeContext  # noqa: E402
+from tests.fake_tensorrt import SMALL  # noqa: E402
 from tests.test_tensorrt import FakeStream  # noqa: E402
 
 LATENT_CHANNELS = 16
@@ -450,37 +450,47 @@ def _load_trt(folder: Path) -> Components:
     return load_components(str(folder), device="cuda", precision="fp16")
 
 
-def test_trt_without_an_encoder_engine_loads_without_an_encoder(trt_loader_on_cpu: Path) -> None:
-    builder_module.build_engines(trt_loader_on_cpu, SMALL)  # what `engine build` builds today
-    components = _load_trt(trt_loader_on_cpu)
-    assert components.vae_encoder is None
-    reason = components.info["vae_encoder_unavailable"]
-    assert "no TensorRT vae_encoder engine" in reason
-    assert "builds only the text_encoder, unet, vae_decoder engines" in reason
-    assert "vae_encoder" not in components.info["engines"]
+def _forget_the_encoder_engine(folder: Path) -> None:
+    """What a build by an sdxs-rt before the encoder engine left: no vae_encoder engine."""
+    from sdxs_rt.backends.tensorrt.cache import list_engines
+
+    for engine in list_engines():
+        if engine.graph == "vae_encoder":
+            engine.engine_path.unlink()
+            engine.sidecar_path.unlink()
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    del manifest["engines"]["vae_encoder"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
 
 
-def _fake_encoder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fake context knows the decoder's output shape only; teach it the encoder's."""
-    real = FakeContext.get_tensor_shape
-
-    def shape(self: FakeContext, name: str) -> tuple[int, ...]:
-        if name == "latent_sample" and self.engine.graph == "vae_encoder":
-            batch, _, height, width = self.shapes["sample"]
-            return (batch, LATENT_CHANNELS, height // 8, width // 8)
-        return real(self, name)
-
-    monkeypatch.setattr(FakeContext, "get_tensor_shape", shape)
-
-
-def test_trt_with_an_encoder_engine_encodes_through_it(
-    trt_loader_on_cpu: Path, monkeypatch: pytest.MonkeyPatch
+def test_trt_without_an_encoder_engine_loads_without_one_until_a_build_makes_it(
+    trt_loader_on_cpu: Path, engine_dir: Path
 ) -> None:
-    # a builder that also builds the encoder (today's builds only the text-to-image graphs)
-    graphs = (*builder_module.RUNTIME_GRAPHS, "vae_encoder")
-    monkeypatch.setattr(builder_module, "RUNTIME_GRAPHS", graphs)
-    builder_module.build_engines(trt_loader_on_cpu, SMALL)
-    _fake_encoder_runs(monkeypatch)
+    folder = trt_loader_on_cpu
+    builder_module.build_engines(folder, SMALL)
+    _forget_the_encoder_engine(folder)
+    components = _load_trt(folder)
+    assert components.vae_encoder is None
+    assert components.info["vae_encoder_unavailable"] == (
+        f"there is no TensorRT vae_encoder engine for {folder} in {engine_dir}; "
+        f"build it with `sdxs-rt engine build --model {folder}`"
+    )
+    assert "vae_encoder" not in components.info["engines"]
+    events: list[Any] = []
+    builder_module.build_engines(folder, SMALL, progress=events.append)  # what the reason says
+    assert [(e.graph, e.kind) for e in events if e.kind in ("skip", "done")] == [
+        ("text_encoder", "skip"),
+        ("unet", "skip"),
+        ("vae_decoder", "skip"),
+        ("vae_encoder", "done"),
+    ]
+    components = _load_trt(folder)
+    assert components.vae_encoder is not None
+    assert "vae_encoder_unavailable" not in components.info
+
+
+def test_trt_with_an_encoder_engine_encodes_through_it(trt_loader_on_cpu: Path) -> None:
+    builder_module.build_engines(trt_loader_on_cpu, SMALL)  # the encoder's engine too
     components = _load_trt(trt_loader_on_cpu)
     encoder: Any = components.vae_encoder
     assert encoder is not None and "vae_encoder_unavailable" not in components.info
@@ -494,6 +504,8 @@ def test_trt_with_an_encoder_engine_encodes_through_it(
 
 
 def test_trt_with_a_manifest_without_the_encoder_graph(trt_loader_on_cpu: Path) -> None:
+    """Its engine built, then the graph dropped from the manifest: the engine is not used.
+    (An export without the graph from the start: tests/test_tensorrt.py.)"""
     builder_module.build_engines(trt_loader_on_cpu, SMALL)
     manifest = json.loads((trt_loader_on_cpu / MANIFEST_NAME).read_text())
     del manifest["graphs"]["vae_encoder"]

@@ -222,6 +222,8 @@ class ProgressPrinter:
             self._line(f"{event.graph}: building the TensorRT engine (this takes a while)")
         elif event.kind == "done":
             self._line(f"{event.graph}: wrote {event.path}")
+        elif event.kind == "note":
+            self._line(f"{event.graph}: {event.message}")
         elif event.kind == "phase_start" and event.parent is None:
             self.top_phases[event.phase] = event.total
             self._line(f"{event.graph}: {event.phase}")

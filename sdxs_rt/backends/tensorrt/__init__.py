@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sdxs_rt.backends.tensorrt.builder import (
+    ENGINE_GRAPHS,
     RUNTIME_GRAPHS,
     BuildEvent,
     build_engines,
+    engine_graphs,
     import_tensorrt,
 )
 from sdxs_rt.backends.tensorrt.cache import (
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from sdxs_rt.components import Components
 
 __all__ = [
+    "ENGINE_GRAPHS",
     "RUNTIME_GRAPHS",
     "BuildEvent",
     "CachedEngine",
@@ -48,6 +51,7 @@ __all__ = [
     "clear_engines",
     "current_environment",
     "engine_cache_dir",
+    "engine_graphs",
     "engine_sizes",
     "import_tensorrt",
     "list_engines",

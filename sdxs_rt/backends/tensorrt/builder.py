@@ -6,6 +6,11 @@ flags of the build mode (`build_mode.py`: strongly typed, or weakly typed with t
 10.x only); the `OnnxParser` reading the graph from its path (so external data beside it is
 found); a builder config with a workspace pool limit, one optimization profile, the machine's
 timing cache and a progress monitor; then `build_serialized_network`.
+
+A build makes the text-to-image engines (`RUNTIME_GRAPHS`) and, when the export has the graph,
+the VAE encoder's (img2img, the pixel hires fix), with the same size profile, so the encoder
+takes every image the decoder can make. An export without it (made before `export onnx` wrote
+one) still builds the other three, and one progress event says so.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from sdxs_rt.backends.tensorrt.environment import (
     current_environment,
     require_gpu,
 )
-from sdxs_rt.backends.tensorrt.profile import check_profile
-from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, UsageError
+from sdxs_rt.backends.tensorrt.profile import ENCODER_GRAPH, check_profile
+from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, SdxsError, UsageError
 from sdxs_rt.graphs import (
     MANIFEST_NAME,
     Manifest,
@@ -55,13 +60,15 @@ from sdxs_rt.graphs import (
 logger = logging.getLogger(__name__)
 
 RUNTIME_GRAPHS = ("text_encoder", "unet", "vae_decoder")  # what text-to-image runs
+ENGINE_GRAPHS = (*RUNTIME_GRAPHS, ENCODER_GRAPH)  # what a build makes from a full export
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PROFILE = SizeProfile()  # frozen: safe as a default
 
 
 @dataclass(frozen=True)
 class BuildEvent:
-    """A progress report: `kind` is skip, start, phase_start, step, phase_finish or done."""
+    """A progress report: `kind` is skip, start, phase_start, step, phase_finish, done, or
+    note (`message`: a graph left out of the build, and what that costs)."""
 
     graph: str
     kind: str
@@ -70,6 +77,7 @@ class BuildEvent:
     step: int = 0
     total: int = 0  # the phase's number of steps (phase_start only)
     path: Path | None = None  # the engine file (skip and done)
+    message: str = ""  # note only
 
 
 # A callback that returns False (not None) from a "step" event cancels the build.
@@ -125,10 +133,11 @@ def build_engines(
     progress: ProgressCallback | None = None,
     workspace_bytes: int | None = None,
 ) -> list[Path]:
-    """Build (or find in the cache) the engines text-to-image needs; their paths.
+    """Build (or find in the cache) the engines of `graphs_to_build`; their paths, in that order.
 
     Each finished engine is recorded in the folder's manifest at once, so an interrupted build
-    resumes where it stopped. `force` rebuilds engines that are already cached.
+    resumes where it stopped. `force` rebuilds engines that are already cached. Without the
+    vae_encoder graph, a "note" event says img2img will be unavailable.
     """
     check_profile(profile)
     check_precision(precision)
@@ -139,14 +148,49 @@ def build_engines(
     mode = choose_build_mode(trt, precision, manifest.precision, folder, model)  # before any build
     request = BuildRequest(profile, precision, mode, require_gpu(current_environment()))
     notify = progress or (lambda event: None)
+    graphs = graphs_to_build(folder, manifest)
+    if ENCODER_GRAPH not in graphs:
+        notify(BuildEvent(ENCODER_GRAPH, "note", message=no_encoder_note(folder, manifest)))
     paths = []
-    for graph in RUNTIME_GRAPHS:
+    for graph in graphs:
         job = plan_job(folder, manifest, graph, request)
         engine = reuse_cached(job, notify) if not force else None
         engine = engine or build_engine(trt, job, notify, workspace_bytes)
         record_in_manifest(folder, engine)
         paths.append(engine.engine_path)
     return paths
+
+
+def graphs_to_build(folder: Path, manifest: Manifest) -> tuple[str, ...]:
+    """The text-to-image graphs, then the VAE encoder where the export has it (listed in the
+    manifest, its file present): the encoder comes last, so text-to-image is usable first."""
+    entry = manifest.graphs.get(ENCODER_GRAPH)
+    if entry is None or not (folder / entry.file).is_file():
+        return RUNTIME_GRAPHS
+    return ENGINE_GRAPHS
+
+
+def engine_graphs(exported_dir: str | Path) -> tuple[str, ...]:
+    """What `build_engines` will build for a folder (for progress counts); the text-to-image
+    graphs when its manifest cannot be read, which the build itself then reports."""
+    folder = Path(exported_dir)
+    try:
+        return graphs_to_build(folder, read_manifest(folder))
+    except (SdxsError, OSError, ValueError):
+        return RUNTIME_GRAPHS
+
+
+def no_encoder_note(folder: Path, manifest: Manifest) -> str:
+    """The progress line of a build without the VAE encoder."""
+    entry = manifest.graphs.get(ENCODER_GRAPH)
+    if entry is None:
+        why = f"{folder / MANIFEST_NAME} lists no {ENCODER_GRAPH} graph (an older export)"
+    else:
+        why = f"{folder / entry.file} is missing"
+    return (
+        f"not built: {why}, so img2img and the pixel hires fix will be unavailable on "
+        "TensorRT; export the model again with 'sdxs-rt export onnx' and build again"
+    )
 
 
 def plan_job(folder: Path, manifest: Manifest, graph: str, request: BuildRequest) -> BuildJob:

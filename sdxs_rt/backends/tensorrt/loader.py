@@ -14,6 +14,7 @@ from sdxs_rt.backends.tensorrt.cache import CachedEngine
 from sdxs_rt.backends.tensorrt.environment import Environment, current_environment, require_gpu
 from sdxs_rt.backends.tensorrt.ops import cuda_device
 from sdxs_rt.backends.tensorrt.profile import (
+    ENCODER_GRAPH,
     INFO_KEY,
     common_profile,
     profile_from_dict,
@@ -141,33 +142,35 @@ def vae_encoder_component(plan: LoadPlan) -> tuple[TrtVAEEncoder | None, CachedE
 
     The engine is chosen now, so a missing one is known at load; it is opened on the first
     encode (`DeferredEngine`). Its profile stays out of "engine_profile", which says what sizes
-    text-to-image can run."""
-    graph = "vae_encoder"
+    text-to-image can run (a build gives it the decoder's sizes)."""
+    graph = ENCODER_GRAPH
     entry = plan.manifest.graphs.get(graph)
     if entry is None:
         return None, (
             f"{plan.folder / MANIFEST_NAME} lists no {graph} graph; export the model again "
-            "with 'sdxs-rt export onnx' to encode init images"
+            "with 'sdxs-rt export onnx' and run 'sdxs-rt engine build' to encode init images"
         )
     recorded = plan.manifest.engines.get(graph)
     query = EngineQuery(graph, entry.sha256, plan.precision, plan.folder, recorded)
     try:
         cached = select_engine(query, plan.environment)
     except EngineError as err:
-        return None, missing_encoder_reason(err, plan.folder)
+        return None, missing_encoder_reason(err, plan)
     engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
     return TrtVAEEncoder(engine, str(plan.folder), plan.manifest.vae_scale_factor), cached
 
 
-def missing_encoder_reason(err: EngineError, folder: Path) -> str:
-    """The selection's own reason, unless it says to run a build that would not build one."""
-    if "vae_encoder" in RUNTIME_GRAPHS:
-        return str(err)
-    return (
-        f"there is no TensorRT vae_encoder engine for {folder}, and 'sdxs-rt engine build' "
-        f"builds only the {', '.join(RUNTIME_GRAPHS)} engines; encode init images with "
-        "--backend onnx or torch"
-    )
+def missing_encoder_reason(err: EngineError, plan: LoadPlan) -> str:
+    """Why the encoder engine cannot be used: the selection's reason (never built, stale,
+    foreign, another precision), each with what to run; a missing encoder graph file first,
+    since a build skips the encoder without one."""
+    entry = plan.manifest.graphs.get(ENCODER_GRAPH)
+    if entry is not None and not (plan.folder / entry.file).is_file():
+        return (
+            f"{plan.folder / entry.file} is missing, so 'sdxs-rt engine build' builds no "
+            f"{ENCODER_GRAPH} engine; export the model again with 'sdxs-rt export onnx'"
+        )
+    return str(err)
 
 
 def check_io_names(engine: TrtEngine, graph: str, plan: LoadPlan) -> None:

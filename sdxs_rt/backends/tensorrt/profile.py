@@ -16,6 +16,7 @@ from sdxs_rt.graphs import SizeProfile, read_manifest
 
 SIZE_STEP = 64  # image sides are multiples of 64 (sdxs_rt.params)
 INFO_KEY = "engine_profile"  # Components.info[INFO_KEY]: the sizes the loaded engines cover
+ENCODER_GRAPH = "vae_encoder"  # optional (img2img); its engine has the decoder's sizes
 
 
 def check_profile(profile: SizeProfile) -> SizeProfile:
@@ -118,6 +119,11 @@ def engine_sizes(model_dir: str | Path) -> str:
 
 
 def built_profiles(model_dir: str | Path) -> list[SizeProfile]:
-    """The profiles of the engines the folder's manifest records."""
+    """The profiles of the text-to-image engines the folder's manifest records (the VAE
+    encoder's, built alike, is left out as in the loader's INFO_KEY)."""
     engines = read_manifest(Path(model_dir)).engines
-    return [profile_from_dict(e["profile"]) for e in engines.values() if "profile" in e]
+    return [
+        profile_from_dict(e["profile"])
+        for graph, e in engines.items()
+        if "profile" in e and graph != ENCODER_GRAPH
+    ]
