@@ -57,7 +57,9 @@ def max_difference(first: Image.Image, second: Image.Image) -> int:
 
 def colour_share(region: np.ndarray, colour: str) -> float:
     """Share of the pixels (H, W, 3) within check.py's MAX_DISTANCE of the named colour."""
-    distance = np.linalg.norm(region.astype(np.float32) - np.float32(COLOURS[colour]), axis=-1)
+    distance = np.linalg.norm(
+        region.astype(np.float32) - np.array(COLOURS[colour], np.float32), axis=-1
+    )
     return float((distance <= MAX_DISTANCE).mean())
 
 
@@ -66,8 +68,8 @@ def shape_pixels(image: Image.Image) -> np.ndarray:
     shape, background = measure(image)
     assert shape is not None and background is not None, "no shape to locate"
     rgb = pixels(image).astype(np.float32)
-    to_shape = np.linalg.norm(rgb - np.float32(COLOURS[shape]), axis=-1)
-    to_background = np.linalg.norm(rgb - np.float32(COLOURS[background]), axis=-1)
+    to_shape = np.linalg.norm(rgb - np.array(COLOURS[shape], np.float32), axis=-1)
+    to_background = np.linalg.norm(rgb - np.array(COLOURS[background], np.float32), axis=-1)
     return to_shape < to_background
 
 
