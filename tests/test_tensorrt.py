@@ -1269,7 +1269,7 @@ def test_tensorrt_end_to_end_matches_onnx_runtime(
     ort_latents = np.asarray(ort_pipe.encode_image(init), dtype=np.float32)
     assert trt_latents.shape == ort_latents.shape == (1, 16, 8, 16)
     relative = np.abs(trt_latents - ort_latents).mean() / np.abs(ort_latents).mean()
-    assert relative < 0.02  # measured on ONNX Runtime: fp16 vs fp32 graphs 0.002
+    assert relative < 0.02  # ONNX Runtime fp16 graphs vs torch fp32, tiny model: 0.0017
     assert len(cache.list_engines()) == 4
     assert read_manifest(exported).engines["unet"]["environment"]["gpu_name"]
 
