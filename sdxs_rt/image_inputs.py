@@ -82,7 +82,12 @@ def load_image(path: PathLike, what: str = "init image") -> Image.Image:
     Alpha is dropped and the colour kept, not composited onto a background: the mask, not the
     alpha, says what to repaint, and a made-up background colour would become image content.
     """
-    image = eight_bit(open_image(path, what), path, what)
+    return as_rgb(open_image(path, what), f"{what} {path}")
+
+
+def as_rgb(image: Image.Image, name: str = "the init image") -> Image.Image:
+    """`load_image`'s rule for an image already open (a file's or one handed over in memory)."""
+    image = eight_bit(image, name)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # Pillow's own route for palette transparency
     return image.convert("RGB")
@@ -95,14 +100,19 @@ def load_mask(path: PathLike) -> Image.Image:
     a brush painted on transparency (as other tools export masks), so its alpha is the mask
     (opaque = repaint). Any other image is converted to greyscale, ignoring alpha.
     """
-    image = eight_bit(open_image(path, "mask"), path, "mask")
+    return as_mask(open_image(path, "mask"), f"mask {path}")
+
+
+def as_mask(image: Image.Image, name: str = "the mask") -> Image.Image:
+    """`load_mask`'s rule for an image already open (a file's or one handed over in memory)."""
+    image = eight_bit(image, name)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     alpha = painted_alpha(image)
     return alpha if alpha is not None else image.convert("L")
 
 
-def eight_bit(image: Image.Image, path: PathLike, what: str) -> Image.Image:
+def eight_bit(image: Image.Image, name: str) -> Image.Image:
     """16-bit greyscale as "L" (value / 257, so 65535 -> 255); other modes unchanged.
 
     Pillow's own "I;16" -> "L"/"RGB" conversion clips at 255, which would turn a 16-bit photo
@@ -112,9 +122,7 @@ def eight_bit(image: Image.Image, path: PathLike, what: str) -> Image.Image:
         pixels = np.asarray(image).astype(np.float64) / 257.0
         return Image.fromarray(np.rint(pixels).clip(0, 255).astype(np.uint8), "L")
     if image.mode == "F":
-        raise UsageError(
-            f"{what} {path} has floating-point pixels; save it as an 8- or 16-bit image"
-        )
+        raise UsageError(f"{name} has floating-point pixels; save it as an 8- or 16-bit image")
     return image
 
 

@@ -172,6 +172,11 @@ def check_seed(seed: int | None, count: int) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise UsageError(f"seed must be a whole number >= 0 (or -1 for random), got {seed!r}")
     if seed + max(count, 1) - 1 > MAX_SEED:
+        if count > 1:
+            raise UsageError(
+                f"seed {seed} is too large for {count} images (seeds {seed} to "
+                f"{seed + count - 1}); the last seed can be at most {MAX_SEED}"
+            )
         raise UsageError(f"seed {seed} is too large; the most is {MAX_SEED}")
 
 

@@ -256,8 +256,8 @@ def _image_inputs(params: GenerationParams, init: tuple[Image.Image, InputDigest
 
 def _open(source: ImageInput, what: str) -> tuple[Image.Image, InputDigest]:
     """A path or a PIL image -> (the image, RGB or "L" for a mask; its digest)."""
-    if isinstance(source, Image.Image):
-        image = source.convert("L" if what == "mask" else "RGB")
+    if isinstance(source, Image.Image):  # the same rules as for a file
+        image = image_inputs.as_mask(source) if what == "mask" else image_inputs.as_rgb(source)
         return image, pixel_digest(image)
     if what == "mask":
         image = image_inputs.load_mask(source)

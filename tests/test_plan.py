@@ -344,3 +344,19 @@ def test_in_memory_images_are_named_by_their_pixels(tmp_path: Path) -> None:
 def test_a_missing_init_file_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"init image .*missing\.png does not exist"):
         plan(init_image=tmp_path / "missing.png")
+
+
+def test_an_in_memory_mask_follows_the_file_rules(tmp_path: Path) -> None:
+    # A brush painted on transparency: uniform colour, the alpha carries the drawing.
+    brush = Image.new("RGBA", (64, 64), (255, 255, 255, 0))
+    brush.paste((255, 255, 255, 255), (0, 0, 32, 64))
+    brush.save(tmp_path / "brush.png")
+    init = Image.new("RGB", (64, 64), (10, 20, 30))
+    common = {"init_image": init, "width": 64, "height": 64, "mask_blur": 0}
+    from_file = make_plan(GenerationParams("x", mask=tmp_path / "brush.png", **common), FACTS)
+    in_memory = make_plan(GenerationParams("x", mask=brush, **common), FACTS)
+    assert from_file.inputs is not None and in_memory.inputs is not None
+    assert from_file.inputs.mask is not None and in_memory.inputs.mask is not None
+    file_pixels = np.asarray(from_file.inputs.mask)
+    assert np.array_equal(file_pixels, np.asarray(in_memory.inputs.mask))
+    assert file_pixels[:, :32].min() == 255 and file_pixels[:, 32:].max() == 0
