@@ -14,6 +14,7 @@ from sdxs_rt.errors import ModelFormatError, UsageError
 
 if TYPE_CHECKING:  # annotations only: the CLI's help path must not import numpy
     import numpy as np
+    from PIL import Image
 
 Array = Any  # a numpy array or a torch tensor, whichever the backend uses
 
@@ -65,6 +66,38 @@ class VAEEncoder(Protocol):
     """
 
     def __call__(self, images: Array) -> Array: ...
+
+
+class ImageEncoder(Protocol):
+    """Image prompts -> (B, width) condition vectors in the text encoder's space.
+
+    `images`: PIL images (any mode; prepared as the checkpoint's preprocessor_config.json says,
+    see `sdxs_rt.image_preprocess`), or a host float32 array that is already SigLIP's
+    `pixel_values`, shape (B, 3, *size). Each vector is the SigLIP vision tower's pooled output
+    (its attention-pooling head), NOT L2-normalised, exactly as `encode_texts` leaves text
+    vectors: the model card feeds the U-Net un-normalised text vectors, and its image
+    embeddings come from the same checkpoint's vision tower (the remote code's
+    `encode_images(pixel_values)` with its default `normalize=False`). Their norms differ from
+    text vectors' (SigLIP aligns directions, not lengths); blends should weigh them knowingly.
+    Backend arrays out, float32, like `TextEncoder`.
+    """
+
+    width: int
+    size: tuple[int, int]  # (height, width) of the pixel_values the tower takes
+
+    def __call__(self, images: Sequence[Image.Image] | np.ndarray) -> Array: ...
+
+
+def require_image_encoder(components: Components) -> ImageEncoder:
+    """The loaded image encoder, or UsageError saying in one sentence why there is none (a text
+    encoder without a vision tower, an export without the image_encoder graph, a backend that
+    has none)."""
+    if components.image_encoder is not None:
+        return components.image_encoder
+    reason = components.info.get("image_encoder_unavailable") or (
+        f"the {components.info.get('backend', 'loaded')} backend loaded no image encoder"
+    )
+    raise UsageError(f"image prompts cannot be used: {reason}")
 
 
 def check_encoder_images(shape: tuple[int, ...], vae_scale_factor: int) -> None:
@@ -160,3 +193,7 @@ class Components:
     # None: this loaded model cannot encode images (an export or engine build without the VAE
     # encoder); info["vae_encoder_unavailable"] then says why.
     vae_encoder: VAEEncoder | None = None
+    # None: no image prompts (a text encoder without a vision tower, an export without the
+    # image_encoder graph); info["image_encoder_unavailable"] then says why
+    # (`require_image_encoder` raises it as a UsageError).
+    image_encoder: ImageEncoder | None = None

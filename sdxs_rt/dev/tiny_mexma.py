@@ -147,14 +147,20 @@ def text_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
 
 
 def vision_config() -> dict[str, Any]:
-    """A tiny SigLIP vision tower (the published file holds so400m-patch14-384)."""
+    """A small SigLIP vision tower shaped as the published so400m-patch14-384 where it matters.
+
+    As wide as the text projection (1152, 16 heads of 72: so400m's), since its pooled output is
+    an image prompt's condition vector in the same space; one layer and a narrow FFN keep it
+    small (about 11M parameters). Like 384 px in 14-px patches, its 36 px are not a whole
+    number of 8-px patches: the patch grid (4 x 4) floors, and the preprocessor resizes to 36.
+    """
     return {
-        "hidden_size": 32,
+        "hidden_size": TEXT_EMBED_DIM,
         "intermediate_size": 64,
         "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "image_size": 28,
-        "patch_size": 14,
+        "num_attention_heads": 16,
+        "image_size": 36,
+        "patch_size": 8,
         "num_channels": 3,
         "layer_norm_eps": 1e-6,
     }
