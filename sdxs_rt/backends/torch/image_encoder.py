@@ -7,7 +7,8 @@ the tensor shapes (the published config has none), on the meta device (no random
 see `sdxs_rt.components.ImageEncoder` for why it is not normalised.
 
 The tower is read on the first image prompt, not at load: text-to-image never pays its
-memory (1.6 GB in float32 for so400m) or its read time.
+memory (1.6 GB in float32 for so400m) or its read time. Parked (the low-VRAM mode), it then
+waits on the CPU and visits the GPU only to encode.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdxs_rt.backends.torch.vae import release_cached_memory
 from sdxs_rt.errors import ModelFormatError
 from sdxs_rt.image_encoder_files import ImageEncoderFiles, image_encoder_or_reason
 from sdxs_rt.image_preprocess import pixel_values
@@ -32,11 +34,16 @@ class TorchImageEncoder:
     """`ImageEncoder`: PIL images or `pixel_values` -> (B, width) float32 on `device`."""
 
     def __init__(
-        self, files: ImageEncoderFiles, device: str | torch.device, dtype: torch.dtype
+        self,
+        files: ImageEncoderFiles,
+        device: str | torch.device,
+        dtype: torch.dtype,
+        park: bool = False,
     ) -> None:
         self.files = files
         self.device = torch.device(device)
         self.dtype = dtype
+        self.park = park and self.device.type == "cuda"  # elsewhere there is nowhere to park
         self.width = files.width
         self.size = files.preprocessor.size
         self._tower: nn.Module | None = None
@@ -56,11 +63,12 @@ class TorchImageEncoder:
         return self._tower is not None
 
     def tower(self) -> nn.Module:
-        """The SiglipVisionModel on the device, read from disk on the first call."""
+        """The SiglipVisionModel in `dtype`, read from disk on the first call; on the device,
+        or on the CPU when parked."""
         with self._lock:
             if self._tower is None:
-                tower = load_vision_tower(self.files)
-                self._tower = tower.to(self.device, self.dtype)
+                home = torch.device("cpu") if self.park else self.device
+                self._tower = load_vision_tower(self.files).to(home, self.dtype)
             return self._tower
 
     def __call__(self, images: Sequence[Any] | np.ndarray) -> torch.Tensor:
@@ -68,21 +76,33 @@ class TorchImageEncoder:
         if not len(pixels):
             return torch.empty(0, self.width, device=self.device, dtype=torch.float32)
         tower = self.tower()
-        with torch.inference_mode():
-            batch = torch.from_numpy(pixels).to(self.device, self.dtype)
-            pooled = tower(pixel_values=batch).pooler_output
-        return pooled.to(torch.float32)
+        with self._lock, torch.inference_mode():
+            if self.park:
+                release_cached_memory(self.device)
+                tower.to(self.device)
+            try:
+                batch = torch.from_numpy(pixels).to(self.device, self.dtype)
+                pooled = tower(pixel_values=batch).pooler_output.to(torch.float32)
+            finally:
+                if self.park:
+                    tower.to("cpu")
+                    release_cached_memory(self.device)
+        return pooled
 
 
 def load_image_encoder(
-    text: TextEncoderFiles, width: int | None, device: str | torch.device, dtype: torch.dtype
+    text: TextEncoderFiles,
+    width: int | None,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    park: bool = False,
 ) -> tuple[TorchImageEncoder | None, str | None]:
     """(encoder, None), or (None, why image prompts are unavailable). Headers and the
     preprocessor config are checked now; the tower itself is read on the first image prompt."""
     files, reason = image_encoder_or_reason(text, width)
     if files is None:
         return None, reason
-    return TorchImageEncoder(files, device, dtype), None
+    return TorchImageEncoder(files, device, dtype, park), None
 
 
 def load_vision_tower(files: ImageEncoderFiles) -> nn.Module:

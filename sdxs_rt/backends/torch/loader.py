@@ -14,6 +14,7 @@ from sdxs_rt.backends.torch.fast import (
     accelerate_unet,
     use_channels_last,
 )
+from sdxs_rt.backends.torch.image_encoder import load_image_encoder
 from sdxs_rt.backends.torch.lora import LoraSpec, parse_lora_spec
 from sdxs_rt.backends.torch.low_vram import MemoryLayout, ParkedVAEDecoder, ParkedVAEEncoder
 from sdxs_rt.backends.torch.ops import TorchOps, resolve_device, resolve_dtype
@@ -64,7 +65,10 @@ def load_components(
     branch, tag or commit of `model` (the text encoder's own repo is not pinned by it).
     `low_vram`: the small-card mode of `low_vram.py` (text encoder and VAE parked on the CPU
     between uses, VAE decoded and encoded in tiles; the U-Net stays on the GPU). The VAE encoder
-    (img2img) shares the decoder's AutoencoderKL: always available here."""
+    (img2img) shares the decoder's AutoencoderKL: always available here. The image encoder
+    (image prompts) is the text encoder's SigLIP vision tower, read on the first image prompt
+    (parked on the CPU between uses in low-VRAM mode); without one, `image_encoder` is None and
+    info["image_encoder_unavailable"] says why."""
     fast = fast if fast is not None else FastPathOptions.from_env()
     layout = MemoryLayout.choose(fast, low_vram)
     lora_specs = [parse_lora_spec(spec) for spec in loras]
@@ -81,6 +85,10 @@ def load_components(
         raise OutOfMemoryError(
             f"the model does not fit in the memory of {torch_device}; try --precision fp16"
         ) from None
+    width = encoder_files.layout.width if encoder_files.layout else files.cross_attention_dim
+    image_encoder, no_image_encoder = load_image_encoder(
+        encoder_files, width, torch_device, dtype, park=layout.offload_text_encoder
+    )
     latent_channels = int(files.unet_config["in_channels"])
     info: dict[str, Any] = {
         "backend": "torch",
@@ -94,6 +102,8 @@ def load_components(
         "folded_cross_attention_blocks": unet.folded_blocks,
         "skipped": load_notes(files, encoder_files),
     }
+    if no_image_encoder:
+        info["image_encoder_unavailable"] = no_image_encoder
     if unet.lora_info:
         info["loras"] = unet.lora_info
     if fast is not None:
@@ -105,6 +115,7 @@ def load_components(
         unet=accelerate_unet(unet, fast) if fast is not None else unet,
         vae_decoder=vae_decoder,
         vae_encoder=vae_encoder,
+        image_encoder=image_encoder,
         ops=TorchOps(torch_device, torch.float32, pinned_staging=fast is not None),
         scheduler_config=files.scheduler_config,
         latent_scaling=latent_scaling_from_config(files.vae_config, latent_channels),
