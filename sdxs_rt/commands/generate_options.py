@@ -84,7 +84,7 @@ class LoadOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LoadOptions:
         entry = backend(args.backend)
-        loras = lora_specs(args.lora, entry)  # checked in the order the flags were documented
+        loras = lora_specs(args.lora, entry)
         low_vram = check_low_vram(args.low_vram, entry)
         return cls(
             model=args.model,
@@ -123,11 +123,11 @@ class GenerateOptions:
     def from_args(cls, args: argparse.Namespace) -> GenerateOptions:
         """The one place the Namespace is read; raises UsageError (or ModelNotFoundError for a
         missing prompt file) before anything loads."""
-        return cls(
+        return cls(  # keyword order = the order of the checks
             prompts=tuple(read_prompts(args)),
             size=parse_size(args),
-            params=param_fields(args),
             run=RunOptions.from_args(args),
+            params=param_fields(args),
             load=LoadOptions.from_args(args),
         )
 
