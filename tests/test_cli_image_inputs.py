@@ -271,3 +271,16 @@ def test_image_input_refusals_come_before_the_model_loads(
     flags = [named.get(flag, flag) for flag in flags]
     got, line = refused(capsys, files["out"], "--init-image", str(files["init"]), *flags)
     assert got == code and words in line
+
+
+def test_variation_seeds_count_up_with_the_seeds_across_prompts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\na blue square on a red background\n")
+    argv = ["generate", "--prompt-file", str(prompts), "--steps", "2", "--seed", "100"]
+    argv += ["--count", "2", "--variation-seed", "500", "--variation-strength", "0.5"]
+    assert main([*argv, "-o", f"{tmp_path / 'out'}/", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    pairs = [(row["seed"], row["variation_seed"]) for row in rows]
+    assert pairs == [(100, 500), (101, 501), (102, 502), (103, 503)]

@@ -51,11 +51,21 @@ def plan_jobs(options: GenerateOptions) -> list[Job]:
     check_outputs(paths, overwrite=run.overwrite)
     return [
         Job(
-            replace(base, prompt=prompt, seed=seeds[k * per_prompt]),
+            replace(
+                base,
+                prompt=prompt,
+                seed=seeds[k * per_prompt],
+                variation_seed=_offset(base.variation_seed, k * per_prompt),
+            ),
             paths[k * per_prompt : (k + 1) * per_prompt],
         )
         for k, prompt in enumerate(options.prompts)
     ]
+
+
+def _offset(seed: int | None, by: int) -> int | None:
+    # The variation seed counts up with the seed across the whole run, prompt after prompt.
+    return None if seed is None else seed + by
 
 
 def check_image_inputs(params: GenerationParams) -> None:
