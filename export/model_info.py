@@ -39,6 +39,7 @@ def graph_dims(source: ExportSource) -> GraphDims:
         vocab_size=int(text.get("vocab_size", 250002)),
         special_ids=tuple(int(text.get(k, v)) for k, v in XLM_R_SPECIAL_IDS.items()),  # type: ignore[arg-type]
         num_train_timesteps=int(source.model.scheduler_config.get("num_train_timesteps", 1000)),
+        image_size=source.image_encoder.preprocessor.size if source.image_encoder else None,
     )
 
 
@@ -81,6 +82,9 @@ def manifest_fields(source: ExportSource, dims: GraphDims) -> dict[str, Any]:
             "std": _plain(scaling.std),
         },
         "scheduler_config": dict(files.scheduler_config),
+        "image_preprocessor": (
+            source.image_encoder.preprocessor.to_dict() if source.image_encoder else {}
+        ),
     }
 
 

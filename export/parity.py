@@ -39,6 +39,7 @@ class GraphDims:
     vocab_size: int
     special_ids: tuple[int, int, int]  # bos (CLS), pad, eos
     num_train_timesteps: int
+    image_size: tuple[int, int] | None = None  # the image encoder's input; None: no encoder
 
 
 def trace_inputs(name: str, dims: GraphDims) -> Feeds:
@@ -76,6 +77,10 @@ def graph_inputs(
         }
     if name == "vae_decoder":
         return {"latent_sample": _normal(rng, latent)}
+    if name == "image_encoder":  # a fixed size: `size` is not used; SigLIP's [-1, 1] pixels
+        assert dims.image_size is not None, "the image encoder graph needs dims.image_size"
+        pixels = rng.uniform(-1.0, 1.0, (batch, 3, *dims.image_size))
+        return {"pixel_values": pixels.astype(np.float32)}
     scale = dims.vae_scale_factor
     image = rng.uniform(-1.0, 1.0, (batch, 3, height * scale, width * scale))
     return {"sample": image.astype(np.float32)}

@@ -15,9 +15,12 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
+from sdxs_rt.backends.torch.image_encoder import load_vision_tower
 from sdxs_rt.backends.torch.text_encoder import NativeTextEncoder, RemoteCodeTextEncoder
 from sdxs_rt.backends.torch.unet import fold_cross_attention, use_sdpa_attention
 from sdxs_rt.backends.torch.weights import load_diffusers_module
+from sdxs_rt.errors import ModelFormatError
+from sdxs_rt.image_encoder_files import ImageEncoderFiles
 from sdxs_rt.loading import ModelFiles
 from sdxs_rt.text_encoder_files import TextEncoderFiles
 
@@ -26,12 +29,14 @@ EXPORT_DEVICE = torch.device("cpu")  # tracing and the parity reference run on t
 
 @dataclass(frozen=True)
 class ExportSource:
-    """Where the four graphs come from: the model, its text encoder and how to load it."""
+    """Where the graphs come from: the model, its text encoder and how to load it, and the
+    text encoder's vision tower (None: it has none, and no image_encoder graph is made)."""
 
     model: ModelFiles
     text_encoder: TextEncoderFiles
     trust_remote_code: bool = False
     fold_cross_attention: bool = True  # False only to compare against the unfolded graph
+    image_encoder: ImageEncoderFiles | None = None
 
 
 class TextEncoderGraph(nn.Module):
@@ -94,6 +99,26 @@ class VAEEncoderGraph(nn.Module):
         return self.vae.encode(sample, return_dict=False)[0].mean
 
 
+class ImageEncoderGraph(nn.Module):
+    """pixel_values (prepared as the preprocessor says) -> image_embeds: SigLIP's pooled output
+    (the attention-pooling head), not normalised, as `sdxs_rt.components.ImageEncoder`."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.tower(pixel_values=pixel_values).pooler_output
+
+
+def _image_encoder_graph(source: ExportSource) -> nn.Module:
+    if source.image_encoder is None:
+        raise ModelFormatError(
+            f"the text encoder {source.text_encoder.name} has no vision tower to export"
+        )
+    return ImageEncoderGraph(load_vision_tower(source.image_encoder))
+
+
 def load_graph_module(name: str, source: ExportSource) -> nn.Module:
     """The float32 wrapper of graph `name`, in eval mode with gradients off."""
     loaders = {
@@ -101,6 +126,7 @@ def load_graph_module(name: str, source: ExportSource) -> nn.Module:
         "unet": _unet_graph,
         "vae_decoder": lambda s: VAEDecoderGraph(_vae(s.model)),
         "vae_encoder": lambda s: VAEEncoderGraph(_vae(s.model)),
+        "image_encoder": _image_encoder_graph,
     }
     module = loaders[name](source)
     module.eval()

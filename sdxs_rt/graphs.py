@@ -18,7 +18,11 @@ from sdxs_rt.errors import EngineError, ModelNotFoundError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-GRAPH_NAMES = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+GRAPH_NAMES = ("text_encoder", "unet", "vae_decoder", "vae_encoder", "image_encoder")
+# Exported only from a text encoder with a vision tower, and optional at load (older exports
+# lack it): image prompts, SigLIP's pooled output, in the text vectors' space.
+IMAGE_ENCODER_GRAPH = "image_encoder"
+SO400M_IMAGE_SIZE = (384, 384)  # google/siglip-so400m-patch14-384's preprocessor size
 
 Dim = int | str  # a fixed size or a symbolic (dynamic) axis name
 
@@ -41,8 +45,14 @@ class GraphSpec:
         return f"{self.name}/model.onnx"
 
 
-def graph_specs(latent_channels: int = 16, text_width: int = 1152) -> dict[str, GraphSpec]:
-    """The four graphs with the names of CONVENTIONS.md; batch, height and width are dynamic."""
+def graph_specs(
+    latent_channels: int = 16,
+    text_width: int = 1152,
+    image_size: tuple[int, int] = SO400M_IMAGE_SIZE,
+) -> dict[str, GraphSpec]:
+    """The graphs with the names of CONVENTIONS.md; batch, height and width are dynamic, except
+    the image encoder's input: SigLIP takes one fixed `image_size` (height, width), the size its
+    preprocessor resizes to, and returns vectors as wide as the text encoder's."""
     c, d = latent_channels, text_width
     latent = ("batch", c, "height", "width")
     image = ("batch", 3, "image_height", "image_width")
@@ -73,6 +83,11 @@ def graph_specs(latent_channels: int = 16, text_width: int = 1152) -> dict[str, 
             "vae_encoder",
             (TensorSpec("sample", "float", image),),
             (TensorSpec("latent_sample", "float", latent),),
+        ),
+        IMAGE_ENCODER_GRAPH: GraphSpec(
+            IMAGE_ENCODER_GRAPH,
+            (TensorSpec("pixel_values", "float", ("batch", 3, *image_size)),),
+            (TensorSpec("image_embeds", "float", ("batch", d)),),
         ),
     }
 
@@ -187,6 +202,9 @@ class Manifest:
     tokenizer: str  # path of tokenizer.json, relative to the folder
     graphs: dict[str, GraphEntry] = field(default_factory=dict)
     engines: dict[str, Any] = field(default_factory=dict)
+    # The image encoder's preprocessor_config.json settings (`ImagePreprocessor.to_dict`);
+    # empty when the export has no image_encoder graph.
+    image_preprocessor: dict[str, Any] = field(default_factory=dict)
     sdxs_rt_version: str = ""
     format: int = MANIFEST_FORMAT
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -22,13 +23,14 @@ import onnx
 from sdxs_rt_export import fp16, graph_files, parity
 from sdxs_rt_export.command import add_export_onnx_arguments, run_export_onnx
 from sdxs_rt_export.model_info import graph_dims
-from sdxs_rt_export.onnx_export import export_onnx, trace_to_onnx
+from sdxs_rt_export.onnx_export import export_onnx, export_source, trace_to_onnx
 from sdxs_rt_export.wrappers import ExportSource, load_graph_module
 
 from sdxs_rt.errors import EXIT_ENGINE, EngineError, UsageError
 from sdxs_rt.graphs import GRAPH_NAMES, graph_specs, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_IMAGE_SIZE = (36, 36)  # the tiny vision tower's preprocessor size (the image_encoder input)
 
 
 class Export:
@@ -51,11 +53,11 @@ def fp16_export(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> E
 
 
 def _source(model: Path, **options: bool) -> ExportSource:
+    """What export_onnx exports from (with the text encoder's vision tower, when it has one)."""
     from sdxs_rt.loading import resolve_model
-    from sdxs_rt.text_encoder_files import resolve_text_encoder
 
-    files = resolve_model(str(model))
-    return ExportSource(files, resolve_text_encoder(None, files), **options)
+    source, _no_image_encoder = export_source(resolve_model(str(model)), None, False)
+    return dataclasses.replace(source, **options)
 
 
 def _graph(folder: Path, name: str) -> onnx.ModelProto:
@@ -70,7 +72,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:
 
 
 def test_graphs_have_the_spec_names_dtypes_and_dynamic_axes(fp32_export: Export) -> None:
-    specs = graph_specs(16, 1152)
+    specs = graph_specs(16, 1152, TINY_IMAGE_SIZE)
     for name in GRAPH_NAMES:
         graph = _graph(fp32_export.out, name).graph
         for values, tensors in (
@@ -324,7 +326,8 @@ def test_save_graph_switches_to_external_data_by_size(
 def test_large_graphs_are_exported_with_external_data(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the text encoder and U-Net (about 2.1 MB of weights each), not the VAE graphs (< 0.3 MB)
+    # the text encoder and U-Net (about 2.1 MB of weights each) and the image encoder (44 MB),
+    # not the VAE graphs (< 0.3 MB)
     monkeypatch.setattr(graph_files, "EXTERNAL_DATA_THRESHOLD", 1_000_000)
     manifest = export_onnx(str(tiny_model), tmp_path / "out")
     flags = {name: entry.external_data for name, entry in manifest.graphs.items()}
@@ -333,6 +336,7 @@ def test_large_graphs_are_exported_with_external_data(
         "unet": True,
         "vae_decoder": False,
         "vae_encoder": False,
+        "image_encoder": True,
     }
     unet = tmp_path / "out" / "unet"
     assert (unet / "model.onnx.data").stat().st_size > 1_000_000

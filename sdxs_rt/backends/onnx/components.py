@@ -6,7 +6,8 @@ returns float32, so the sampling core always works on float32 latents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,12 +15,14 @@ import numpy as np
 from sdxs_rt.backends.onnx.sessions import GraphRunner
 from sdxs_rt.components import check_encoder_images
 from sdxs_rt.errors import EngineError
+from sdxs_rt.image_preprocess import ImagePreprocessor, pixel_values
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 TEXT_ENCODER_INPUTS = ("input_ids", "attention_mask")
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 VAE_DECODER_INPUTS = ("latent_sample",)
 VAE_ENCODER_INPUTS = ("sample",)
+IMAGE_ENCODER_INPUTS = ("pixel_values",)
 
 
 def _cast(array: Any, dtype: np.dtype) -> np.ndarray:
@@ -134,3 +137,59 @@ class OnnxVAEEncoder:
             raise EngineError(
                 f"the {self.precision} VAE encoder produced NaN or infinite latents{hint}"
             )
+
+
+OpenedGraph = tuple[GraphRunner, dict[str, Any]]  # (runner, input dtypes)
+
+
+class OnnxImageEncoder:
+    """`ImageEncoder`: PIL images or `pixel_values` -> float32 (B, width) image prompt vectors.
+
+    Images are prepared on the host as the export's manifest says (`image_preprocessor`, the
+    text encoder's preprocessor_config.json). The graph's session is opened on the first image
+    prompt (`open_graph`), so text-to-image never holds the vision tower in memory.
+    """
+
+    def __init__(
+        self,
+        open_graph: Callable[[], OpenedGraph],
+        preprocessor: ImagePreprocessor,
+        width: int,
+        precision: str,
+    ) -> None:
+        self.open_graph = open_graph
+        self.preprocessor = preprocessor
+        self.width = width
+        self.size = preprocessor.size
+        self.precision = precision  # the graph's own
+        self._graph: OpenedGraph | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def opened(self) -> bool:
+        return self._graph is not None
+
+    def graph(self) -> OpenedGraph:
+        with self._lock:
+            if self._graph is None:
+                self._graph = self.open_graph()
+            return self._graph
+
+    def __call__(self, images: Any) -> np.ndarray:
+        pixels = pixel_values(images, self.preprocessor)
+        if not len(pixels):
+            return np.empty((0, self.width), dtype=np.float32)
+        runner, dtypes = self.graph()
+        feeds = {"pixel_values": _cast(pixels, dtypes["pixel_values"])}
+        vectors = _float32(runner.run(feeds)[0])
+        if vectors.shape != (len(pixels), self.width):
+            raise EngineError(
+                f"the image encoder graph gave vectors of shape {vectors.shape}, not "
+                f"{(len(pixels), self.width)}; export the model again with this sdxs-rt version"
+            )
+        if not np.isfinite(vectors).all():
+            hint = "; export with --precision fp32" if self.precision != "fp32" else ""
+            raise EngineError(
+                f"the {self.precision} image encoder produced NaN or infinite values{hint}"
+            )
+        return vectors

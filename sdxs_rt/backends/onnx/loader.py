@@ -9,10 +9,12 @@ import onnxruntime as ort
 
 from sdxs_rt.array_ops import NumpyOps
 from sdxs_rt.backends.onnx.components import (
+    IMAGE_ENCODER_INPUTS,
     TEXT_ENCODER_INPUTS,
     UNET_INPUTS,
     VAE_DECODER_INPUTS,
     VAE_ENCODER_INPUTS,
+    OnnxImageEncoder,
     OnnxTextEncoder,
     OnnxUNet,
     OnnxVAEDecoder,
@@ -21,8 +23,15 @@ from sdxs_rt.backends.onnx.components import (
 from sdxs_rt.backends.onnx.providers import ProviderPlan, plan_providers
 from sdxs_rt.backends.onnx.sessions import GraphRunner, input_dtypes, make_runner, open_session
 from sdxs_rt.components import Components
-from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
-from sdxs_rt.graphs import MANIFEST_NAME, Manifest, latent_scaling_from_manifest, read_manifest
+from sdxs_rt.errors import EngineError, ModelFormatError, ModelNotFoundError, UsageError
+from sdxs_rt.graphs import (
+    IMAGE_ENCODER_GRAPH,
+    MANIFEST_NAME,
+    Manifest,
+    latent_scaling_from_manifest,
+    read_manifest,
+)
+from sdxs_rt.image_preprocess import preprocessor_from_config
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 
@@ -39,7 +48,9 @@ def load_components(
     """Components over the graphs in `model`, an exported folder (manifest.json beside them).
 
     The VAE encoder (img2img) is optional: without a usable vae_encoder graph,
-    `Components.vae_encoder` is None and info["vae_encoder_unavailable"] says why."""
+    `Components.vae_encoder` is None and info["vae_encoder_unavailable"] says why. So is the
+    image encoder (image prompts; `image_encoder`, info["image_encoder_unavailable"]), whose
+    session opens on the first image prompt."""
     folder = exported_folder(model, text_encoder)
     manifest = read_manifest(folder)
     check_precision(manifest, precision, folder)
@@ -51,6 +62,9 @@ def load_components(
     info = components_info(manifest, plan, loaded, variant)
     if unavailable:
         info["vae_encoder_unavailable"] = unavailable
+    image_encoder, no_image_encoder = image_encoder_component(folder, manifest, plan)
+    if no_image_encoder:
+        info["image_encoder_unavailable"] = no_image_encoder
     return Components(
         text_encoder=OnnxTextEncoder(
             PromptTokenizer.from_file(folder / manifest.tokenizer),
@@ -65,6 +79,7 @@ def load_components(
             loaded["vae_decoder"].runner, loaded["vae_decoder"].dtypes, manifest.precision
         ),
         vae_encoder=vae_encoder_component(encoder_graph, manifest),
+        image_encoder=image_encoder,
         ops=NumpyOps(),
         scheduler_config=dict(manifest.scheduler_config),
         latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
@@ -80,7 +95,11 @@ GRAPHS_USED = {
     "unet": UNET_INPUTS,
     "vae_decoder": VAE_DECODER_INPUTS,
 }
-GRAPH_INPUTS = {**GRAPHS_USED, "vae_encoder": VAE_ENCODER_INPUTS}
+GRAPH_INPUTS = {
+    **GRAPHS_USED,
+    "vae_encoder": VAE_ENCODER_INPUTS,
+    IMAGE_ENCODER_GRAPH: IMAGE_ENCODER_INPUTS,
+}
 
 
 def open_vae_encoder(
@@ -105,6 +124,40 @@ def vae_encoder_component(graph: LoadedGraph | None, manifest: Manifest) -> Onnx
     precision = manifest.graphs["vae_encoder"].precision  # fp16 exports may keep the VAE fp32
     latent = (manifest.latent_channels, manifest.vae_scale_factor)
     return OnnxVAEEncoder(graph.runner, graph.dtypes, precision, latent)
+
+
+def image_encoder_component(
+    folder: Path, manifest: Manifest, plan: ProviderPlan
+) -> tuple[OnnxImageEncoder | None, str | None]:
+    """The image-prompt encoder, or None and why. Checked now (listed, file present, its
+    preprocessing understood); its session opens on the first image prompt."""
+    entry = manifest.graphs.get(IMAGE_ENCODER_GRAPH)
+    if entry is None:
+        return None, (
+            f"{folder / MANIFEST_NAME} lists no {IMAGE_ENCODER_GRAPH} graph (an export made "
+            "before it existed, or from a text encoder without a vision tower); export the "
+            "model again with 'sdxs-rt export onnx'"
+        )
+    if not (folder / entry.file).is_file():
+        return None, f"{folder / entry.file} is missing; export the model again"
+    where = f"the image_preprocessor of {folder / MANIFEST_NAME}"
+    try:
+        preprocessor = preprocessor_from_config(manifest.image_preprocessor, where)
+    except ModelFormatError as err:
+        return None, str(err)
+    shapes = [t.get("shape") for t in entry.inputs if t.get("name") == "pixel_values"]
+    if shapes and list(shapes[0][2:]) != list(preprocessor.size):
+        return None, (
+            f"{folder / entry.file} takes {shapes[0][2:]} images but the manifest prepares "
+            f"them at {list(preprocessor.size)}; export the model again"
+        )
+
+    def open_graph() -> tuple[GraphRunner, dict[str, Any]]:
+        graph = LoadedGraph.open(folder, manifest, IMAGE_ENCODER_GRAPH, plan)
+        return graph.runner, graph.dtypes
+
+    encoder = OnnxImageEncoder(open_graph, preprocessor, manifest.text_width, entry.precision)
+    return encoder, None
 
 
 class LoadedGraph:
