@@ -42,6 +42,7 @@ from sdxs_rt.backends.torch.image_encoder import TorchImageEncoder  # noqa: E402
 from sdxs_rt.dev.tiny import vision_config  # noqa: E402
 from sdxs_rt.loading import resolve_model  # noqa: E402
 from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder  # noqa: E402
+from tests import test_tensorrt  # noqa: E402
 from tests.published_layout import read_tensors  # noqa: E402
 
 PARITY = 1e-5  # the acceptance bar, preprocessing and embeddings alike
@@ -440,3 +441,158 @@ def test_a_preprocessor_size_off_the_patch_grid_is_refused(
         and "resizes images to 48x48 px" in str(reason)
         and "4 x 4 patches" in str(reason)
     )
+
+
+# tests/test_tensorrt.py's fixtures: a fake TensorRT, this machine as it sees it, an engine cache
+# in tmp_path and an export with stand-in graphs
+fake_trt, here = test_tensorrt.fake_trt, test_tensorrt.here
+engine_dir, exported = test_tensorrt.engine_dir, test_tensorrt.exported
+
+
+# --- ONNX Runtime: the exported image_encoder graph ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def onnx_components(exported_tiny_fp32: Path) -> Components:
+    pytest.importorskip("onnxruntime")
+    from sdxs_rt.backends.onnx import load_components as load_onnx
+
+    return load_onnx(str(exported_tiny_fp32))
+
+
+def test_the_exported_graph_and_its_manifest(exported_tiny_fp32: Path, tiny_model: Path) -> None:
+    manifest = json.loads((exported_tiny_fp32 / "manifest.json").read_text())
+    entry = manifest["graphs"]["image_encoder"]
+    inputs = [(t["name"], t["shape"]) for t in entry["inputs"]]
+    outputs = [(t["name"], t["shape"]) for t in entry["outputs"]]
+    assert inputs == [("pixel_values", ["batch", 3, 36, 36])]
+    assert outputs == [("image_embeds", ["batch", 1152])]
+    assert entry["parity"]["rel"] <= 1e-4  # the export's own gate, as for the other graphs
+    path = tiny_model / "text_encoder" / "preprocessor_config.json"
+    stated = preprocessor_from_config(json.loads(path.read_text()), str(path))
+    assert preprocessor_from_config(manifest["image_preprocessor"], "manifest") == stated
+
+
+def test_onnx_matches_torch(torch_components: Components, onnx_components: Components) -> None:
+    encoder: Any = require_image_encoder(onnx_components)
+    assert not encoder.opened  # the session waits for the first image prompt
+    images = images_of_every_kind()
+    ours = encoder(images)
+    assert encoder.opened and isinstance(ours, np.ndarray) and ours.dtype == np.float32
+    reference = require_image_encoder(torch_components)(images).numpy()
+    difference = float(np.abs(ours - reference).max())
+    print(f"ONNX Runtime fp32 vs torch image encoder: max abs {difference:.3g}")
+    assert difference <= ONNX_VS_TORCH * float(np.abs(reference).max())
+    assert encoder([]).shape == (0, 1152) and encoder.size == (36, 36)
+
+
+def test_onnx_fp16_is_close_to_torch(
+    exported_tiny_fp16: Path, torch_components: Components
+) -> None:
+    from sdxs_rt.backends.onnx import load_components as load_onnx
+
+    images = images_of_every_kind()[:2]
+    half = require_image_encoder(load_onnx(str(exported_tiny_fp16)))(images)
+    full = require_image_encoder(torch_components)(images).numpy()
+    error = float(np.abs(half - full).mean() / np.abs(full).mean())
+    print(f"ONNX Runtime fp16 vs torch fp32 image encoder: mean abs / mean magnitude {error:.4f}")
+    assert half.dtype == np.float32 and error < 0.01
+
+
+def test_an_older_export_without_the_graph_loads_without_image_prompts(
+    exported_tiny_fp32: Path, tmp_path: Path
+) -> None:
+    from sdxs_rt.backends.onnx import load_components as load_onnx
+
+    folder = Path(shutil.copytree(exported_tiny_fp32, tmp_path / "exported"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["graphs"]["image_encoder"], manifest["image_preprocessor"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    components = load_onnx(str(folder))
+    assert components.image_encoder is None
+    with pytest.raises(UsageError, match=r"lists no image_encoder graph .*export the model again"):
+        require_image_encoder(components)
+    shutil.rmtree(folder / "image_encoder")  # and a listed graph whose file is gone
+    manifest = json.loads((exported_tiny_fp32 / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    reason = load_onnx(str(folder)).info["image_encoder_unavailable"]
+    assert "image_encoder/model.onnx is missing" in reason
+
+
+def test_an_export_from_a_text_encoder_without_a_vision_tower_says_why(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnx")
+    from sdxs_rt_export.onnx_export import export_source
+
+    model = _without(tiny_model, tmp_path, drop_vision=True, drop_config=True)
+    source, reason = export_source(resolve_model(str(model)), None, False)
+    assert source.image_encoder is None and "holds no vision tower" in str(reason)
+
+
+# --- TensorRT: the wrapper over a numeric stand-in (no TensorRT here), the loader's reason --------
+
+
+class MeanEngine:
+    """Stands in for an fp16 image_encoder engine: each image's channel means, tiled to 1152,
+    computed in float16 as such an engine returns them."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.feeds: list[dict[str, Any]] = []
+
+    def open(self) -> MeanEngine:
+        self.opened += 1
+        return self
+
+    def __call__(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.feeds.append(feeds)
+        means = feeds["pixel_values"].half().mean(dim=(2, 3))
+        return {"image_embeds": means.repeat(1, 384)}
+
+
+def test_trt_encoder_feeds_pixel_values_and_returns_float32_image_embeds() -> None:
+    from sdxs_rt.backends.tensorrt.wrappers import DeferredEngine, TrtImageEncoder
+
+    stand_in = MeanEngine()
+    preprocessor = ImagePreprocessor(36, 36)
+    encoder = TrtImageEncoder(DeferredEngine(stand_in.open), preprocessor, 1152, "/m")  # type: ignore[arg-type]
+    assert stand_in.opened == 0  # loading costs no engine memory
+    images = images_of_every_kind()[:2]
+    vectors = encoder(images)
+    assert stand_in.opened == 1 and list(stand_in.feeds[0]) == ["pixel_values"]
+    assert tuple(stand_in.feeds[0]["pixel_values"].shape) == (2, 3, 36, 36)
+    assert vectors.dtype == torch.float32 and vectors.shape == (2, 1152)
+    expected = torch.from_numpy(preprocessor(images)).mean(dim=(2, 3)).repeat(1, 384)
+    torch.testing.assert_close(vectors, expected, atol=2e-3, rtol=0)  # fp16 rounding
+    assert encoder([]).shape == (0, 1152) and stand_in.opened == 1
+
+
+def test_trt_encoder_refuses_an_overflow_and_a_foreign_shape() -> None:
+    from sdxs_rt.backends.tensorrt.wrappers import TrtImageEncoder
+    from sdxs_rt.errors import EngineError
+
+    preprocessor = ImagePreprocessor(36, 36)
+    encoder = TrtImageEncoder(MeanEngine(), preprocessor, 1152, "/m")  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="--model /m --precision fp32"):
+        encoder(np.full((1, 3, 36, 36), 1e5, np.float32))  # beyond float16: inf
+    narrow = TrtImageEncoder(MeanEngine(), preprocessor, 768)  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match=r"shape \(1, 1152\), not \(1, 768\)"):
+        narrow(images_of_every_kind()[:1])
+
+
+def test_trt_loader_says_image_prompts_are_unavailable(
+    fake_trt: Any, exported: Path, engine_dir: Path, here: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdxs_rt.backends.tensorrt import builder, load_components, loader, runtime
+    from tests.fake_tensorrt import SMALL
+    from tests.test_tensorrt import FakeStream
+
+    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
+    monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
+    builder.build_engines(exported, SMALL)
+    components = load_components(str(exported), device="cuda", precision="fp16")
+    assert components.image_encoder is None
+    with pytest.raises(UsageError, match="tensorrt backend has no image_encoder engine yet"):
+        require_image_encoder(components)

@@ -145,8 +145,8 @@ def image_encoder_component(
         preprocessor = preprocessor_from_config(manifest.image_preprocessor, where)
     except ModelFormatError as err:
         return None, str(err)
-    shapes = [t.get("shape") for t in entry.inputs if t.get("name") == "pixel_values"]
-    if shapes and list(shapes[0][2:]) != list(preprocessor.size):
+    shapes = [list(t.get("shape") or []) for t in entry.inputs if t.get("name") == "pixel_values"]
+    if shapes and shapes[0][2:] != list(preprocessor.size):
         return None, (
             f"{folder / entry.file} takes {shapes[0][2:]} images but the manifest prepares "
             f"them at {list(preprocessor.size)}; export the model again"

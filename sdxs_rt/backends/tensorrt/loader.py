@@ -43,6 +43,11 @@ from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 # SDXS_RT_CUDA_GRAPHS=1 replays the U-Net through a CUDA graph (captured again per shape).
 CUDA_GRAPHS_VARIABLE = "SDXS_RT_CUDA_GRAPHS"
+# Image prompts: wrappers.TrtImageEncoder is ready, but no build makes its engine yet.
+NO_IMAGE_ENCODER = (
+    "the tensorrt backend has no image_encoder engine yet ('sdxs-rt engine build' builds the "
+    "text-to-image and VAE encoder engines only); use --backend onnx or torch for image prompts"
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ def load_components(
         info["engines"]["vae_encoder"] = str(engine_or_reason.engine_path)
     else:
         info["vae_encoder_unavailable"] = engine_or_reason
+    info["image_encoder_unavailable"] = NO_IMAGE_ENCODER
     return Components(
         text_encoder=text_encoder_component(plan, engines["text_encoder"], cached),
         unet=TrtUNet(engines["unet"]),

@@ -1,4 +1,5 @@
-"""The component protocols (TextEncoder, UNet, VAEDecoder, VAEEncoder) over TensorRT engines.
+"""The component protocols (TextEncoder, UNet, VAEDecoder, VAEEncoder, ImageEncoder) over
+TensorRT engines.
 
 Arrays are float32 torch CUDA tensors, as with the torch backend on CUDA; each engine takes
 and returns the dtypes its graph was exported with, and `TrtEngine` casts at the boundary.
@@ -7,12 +8,14 @@ and returns the dtypes its graph was exported with, and `TrtEngine` casts at the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from sdxs_rt.backends.tensorrt.runtime import TrtEngine
 from sdxs_rt.components import check_encoder_images
 from sdxs_rt.errors import EngineError
+from sdxs_rt.image_preprocess import ImagePreprocessor, pixel_values
 from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 
@@ -114,3 +117,41 @@ class TrtVAEEncoder:
                 "--precision fp32`"
             )
         return latents
+
+
+class TrtImageEncoder:
+    """Image prompts -> (B, width) float32 vectors on the GPU: images prepared on the host as the
+    export's manifest says (`image_preprocessor`), then the image_encoder engine, built from the
+    exported graph that ends in SigLIP's pooled output. Open it through a `DeferredEngine`, as the
+    VAE encoder: text-to-image should not hold the vision tower's context. NaN/inf is an error."""
+
+    def __init__(
+        self,
+        engine: TrtEngine | DeferredEngine,
+        preprocessor: ImagePreprocessor,
+        width: int,
+        model_dir: str = "DIR",
+    ) -> None:
+        self.engine = engine
+        self.preprocessor = preprocessor
+        self.width = width
+        self.size = preprocessor.size
+        self.model_dir = model_dir
+
+    def __call__(self, images: Any) -> torch.Tensor:
+        pixels = torch.from_numpy(pixel_values(images, self.preprocessor))
+        if not len(pixels):
+            return torch.empty(0, self.width, dtype=torch.float32)
+        vectors = self.engine({"pixel_values": pixels})["image_embeds"].float()
+        if tuple(vectors.shape) != (len(pixels), self.width):
+            raise EngineError(
+                f"the image encoder engine gave vectors of shape {tuple(vectors.shape)}, not "
+                f"{(len(pixels), self.width)}; export the model again and rebuild the engines"
+            )
+        if not bool(torch.isfinite(vectors).all()):
+            raise EngineError(
+                "the image encoder engine produced NaN or infinite values (an fp16 overflow); "
+                f"build the engines in fp32: `sdxs-rt engine build --model {self.model_dir} "
+                "--precision fp32`"
+            )
+        return vectors
