@@ -95,7 +95,7 @@ def text_encoder_lines(text: Mapping[str, Any]) -> list[str]:
 def vision_summary(text: Mapping[str, Any]) -> str:
     if not text["vision_parameters"]:
         return "no vision tower"
-    return f"vision tower {text['vision_parameters']:,} parameters (not loaded)"
+    return f"vision tower {text['vision_parameters']:,} parameters (read only for image prompts)"
 
 
 def memory_lines(memory: Mapping[str, Any]) -> list[str]:
