@@ -379,6 +379,26 @@ def test_bfloat16_is_close_to_float32(tiny_model: Path, torch_components: Compon
     assert half.dtype == torch.float32 and error < 0.05
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("low_vram", [False, True])
+def test_on_cuda_the_image_encoder_matches_the_cpu_and_parks_in_low_vram_mode(
+    tiny_model: Path, torch_components: Components, low_vram: bool
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    components = load_torch(str(tiny_model), device="cuda", precision="fp16", low_vram=low_vram)
+    encoder: Any = require_image_encoder(components)
+    images = images_of_every_kind()[:2]
+    vectors = encoder(images)
+    assert vectors.device.type == "cuda" and vectors.dtype == torch.float32
+    full = require_image_encoder(torch_components)(images)
+    error = float((vectors.cpu() - full).abs().mean() / full.abs().mean())
+    print(f"CUDA fp16 (low_vram={low_vram}) vs CPU fp32 image encoder: {error:.4f}")
+    assert error < 0.01
+    assert encoder.park == low_vram
+    assert {p.device.type for p in encoder.tower().parameters()} == {"cpu" if low_vram else "cuda"}
+
+
 # --- no vision tower: None and the reason -------------------------------------------------------
 
 
