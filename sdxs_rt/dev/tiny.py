@@ -2,7 +2,7 @@
 
 Tests, demos and benchmarks need a model that loads through exactly the same code paths as the
 real `AiArtLab/sdxs` (configs, folder names, weight variants, both text-encoder layouts) but
-builds in seconds and weighs about 57 MB (47 MB of it the text encoder file, whose vision
+builds in seconds and weighs about 55 MB (47 MB of it the text encoder file, whose vision
 tower is as wide as the real one). Same seed -> same files, byte for byte.
 
     python -m sdxs_rt.dev.tiny OUT_DIR [--seed N] [--unet-folder sdxs] [--variant fp16] ...
