@@ -20,10 +20,10 @@ from typing import Literal
 
 from sdxs_rt.errors import DeviceError, UsageError
 
-# "always": every model it loads can encode images (img2img); "when_exported": only a folder
-# whose export holds vae_encoder/ (TensorRT: and a built engine for it). What a loaded model
-# has: `Components.vae_encoder` (None, with info["vae_encoder_unavailable"] saying why).
-ImageEncoder = Literal["always", "when_exported"]
+# "always": every model it loads has the encoder; "when_exported": only a folder whose export
+# holds the graph (TensorRT: and a built engine for it). What a loaded model has:
+# `Components.vae_encoder` / `.image_encoder` (None, with info["..._unavailable"] saying why).
+Availability = Literal["always", "when_exported"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class Backend:
     default_precision: str | None  # None: the precision the exported graphs were written in
     precisions: tuple[str, ...]  # what --precision may ask of it
     exported: bool  # True: a folder written by 'sdxs-rt export onnx'; False: diffusers/hub id
-    image_encoder: ImageEncoder
+    vae_encoder: Availability  # img2img, the pixel hires fix
+    # image prompts (the text encoder's vision tower): "when_exported" also needs the export's
+    # image_encoder/ graph (TensorRT builds no engine for it yet: unavailable there)
+    image_prompts: Availability
     runtime_lora: bool = False  # merges LoRA files at load time (`loras=`)
     low_vram: bool = False  # the small-card mode (`low_vram=True`)
     fast_path: bool = False  # CUDA graphs, torch.compile, channels-last, text-encoder offload
@@ -54,7 +57,8 @@ BACKENDS: tuple[Backend, ...] = (
         default_precision="fp32",
         precisions=("fp32", "fp16", "bf16"),
         exported=False,
-        image_encoder="always",
+        vae_encoder="always",
+        image_prompts="always",
         runtime_lora=True,
         low_vram=True,
         fast_path=True,
@@ -68,7 +72,8 @@ BACKENDS: tuple[Backend, ...] = (
         default_precision=None,
         precisions=("fp32", "fp16"),
         exported=True,
-        image_encoder="when_exported",
+        vae_encoder="when_exported",
+        image_prompts="when_exported",
     ),
     Backend(
         "tensorrt",
@@ -79,7 +84,8 @@ BACKENDS: tuple[Backend, ...] = (
         default_precision="fp16",
         precisions=("fp16", "fp32"),
         exported=True,
-        image_encoder="when_exported",
+        vae_encoder="when_exported",
+        image_prompts="when_exported",
         fixed_sizes=True,
         needs_cuda=True,
     ),
