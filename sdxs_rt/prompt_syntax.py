@@ -158,8 +158,8 @@ def parse_prompt(text: str) -> PromptProgram:
     if sum(p.weight for p in parts if p.weight > 0) <= 0:
         listed = ", ".join(f"{p.text!r} {p.weight:g}" for p in parts)
         raise UsageError(
-            f"the prompt's blend weights add up to nothing positive ({listed}); "
-            "give at least one part a weight above 0"
+            f"no part of the prompt's blend has a weight above 0 ({listed}), and the blend is "
+            "divided by the sum of the positive weights; give at least one part a weight above 0"
         )
     stripped = any(_SPECIAL & set(leaf) for p in parts for leaf in _leaves(p.nodes))
     return PromptProgram(text, parts, stripped, False, tuple(dict.fromkeys(notes)))
@@ -318,7 +318,9 @@ def _weight(token: str | None, position: int) -> float:
         )
     value = float(token)
     if not math.isfinite(value):
-        raise UsageError(f"the weight {token!r} at character {position + 1} is not finite")
+        raise UsageError(
+            f"the weight {token!r} after '::' at character {position + 1} is too large a number"
+        )
     return value
 
 
