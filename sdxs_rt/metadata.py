@@ -20,6 +20,7 @@ from sdxs_rt import __version__
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.infotext import format_parameters, parse_parameters
 from sdxs_rt.plan import GenerationPlan, hires_size
+from sdxs_rt.prompt_syntax import BlendPart
 from sdxs_rt.rng import RNG_NAME
 from sdxs_rt.scheduler_table import SCHEDULER_LABELS
 
@@ -68,6 +69,12 @@ class ImageRecord:
     hires_strength: float | None = None
     hires_steps: int | None = None
     hires_upscaler: str | None = None
+    # Blends and image prompts: each part as parsed ({"text"|"image", "weight"} as written) of
+    # the prompt and the negative when they are not plain, and the image prompts in order
+    # ({"sha256", "source", "name", "weight"}), for a replay to find them by hash.
+    prompt_parts: list[dict[str, Any]] | None = None
+    negative_parts: list[dict[str, Any]] | None = None
+    image_prompts: list[dict[str, Any]] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -149,7 +156,29 @@ def make_record(pipe: RecordSource, plan: GenerationPlan, index: int) -> ImageRe
         **_image_input_fields(plan),
         **_variation_fields(plan, index),
         **_hires_fields(plan),
+        **_prompt_fields(plan),
     )
+
+
+def _prompt_fields(plan: GenerationPlan) -> dict[str, Any]:
+    prompts = plan.prompts
+    if prompts is None:
+        return {}
+    fields: dict[str, Any] = {}
+    for name, program in (("prompt_parts", prompts.prompt), ("negative_parts", prompts.negative)):
+        if not program.is_plain:
+            fields[name] = [_part(part) for part in program.parts]
+    if prompts.image_prompts:
+        fields["image_prompts"] = [
+            {**image.digest.as_dict(), "weight": image.weight} for image in prompts.image_prompts
+        ]
+    return fields
+
+
+def _part(part: BlendPart) -> dict[str, Any]:
+    if part.image is not None:
+        return {"image": part.image, "weight": part.weight}
+    return {"text": part.text, "weight": part.weight}
 
 
 def _hires_fields(plan: GenerationPlan) -> dict[str, Any]:

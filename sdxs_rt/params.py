@@ -53,6 +53,9 @@ class GenerationParams:
     hires_strength: float = 0.5
     hires_steps: int | None = None
     hires_upscaler: str = "lanczos"
+    # Image prompts through the vision tower, each (image, weight): blend parts beside the
+    # prompt's own (sdxs_rt.conditioning); `<image:N>` in the prompt places the N-th.
+    image_prompts: tuple[tuple[ImageInput, float], ...] = ()
 
     def validate(self) -> GenerationParams:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -68,6 +71,7 @@ class GenerationParams:
         check_image_options(self)
         check_variation(self.variation_seed, self.variation_strength, self.num_images)
         check_hires(self)
+        check_image_prompts(self.image_prompts)
         return self
 
 
@@ -85,6 +89,14 @@ def check_image_options(params: GenerationParams) -> None:
     blur = params.mask_blur
     if not isinstance(blur, int) or isinstance(blur, bool) or blur < 0:
         raise UsageError(f"mask blur must be a whole number of pixels >= 0, got {blur!r}")
+
+
+def check_image_prompts(image_prompts: object) -> None:
+    if not isinstance(image_prompts, (tuple, list)):
+        raise UsageError("image prompts must be a list of (image, weight) pairs")
+    for entry in image_prompts:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not _is_number(entry[1]):
+            raise UsageError(f"an image prompt must be an (image, weight) pair, got {entry!r}")
 
 
 HIRES_UPSCALERS = ("lanczos", "latent")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -18,13 +19,29 @@ from PIL import Image
 
 from sdxs_rt import backend_table, image_inputs
 from sdxs_rt.backend_table import DEFAULT_BACKEND, import_backend
-from sdxs_rt.components import Array, ArrayOps, Components, LatentScaling
+from sdxs_rt.components import (
+    Array,
+    ArrayOps,
+    Components,
+    LatentScaling,
+    require_image_encoder,
+)
+from sdxs_rt.conditioning import Condition, PartCache, condition_at, condition_schedule
 from sdxs_rt.errors import UsageError
-from sdxs_rt.guidance import guided_model
+from sdxs_rt.guidance import ScheduledGuidance
 from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
 from sdxs_rt.params import GenerationParams
-from sdxs_rt.plan import GenerationPlan, HiresPass, ImageInputs, ModelFacts, make_plan
+from sdxs_rt.plan import (
+    GenerationPlan,
+    HiresPass,
+    ImageInputs,
+    ImagePrompt,
+    ModelFacts,
+    PromptPlan,
+    make_plan,
+)
+from sdxs_rt.prompt_syntax import WeightedPart, parse_prompt
 from sdxs_rt.rng import BatchNoise
 from sdxs_rt.sampler_schedule import SamplerSchedule
 from sdxs_rt.samplers import sample
@@ -88,7 +105,7 @@ class Pipeline:
         self.components = components
         self.scheduler_config = SchedulerConfig.from_dict(components.scheduler_config)
         self.default_scheduler = scheduler_for_config(components.scheduler_config)
-        self._negative_cache: dict[str, Array] = {}
+        self._parts = PartCache()  # encoded prompt parts (texts, image prompts), bounded
         self._cancel = threading.Event()
 
     @classmethod
@@ -137,13 +154,8 @@ class Pipeline:
         self._cancel.set()
 
     def encode_prompt(self, prompt: str) -> Array:
-        return self.components.text_encoder([prompt])
-
-    def encode_negative(self, negative_prompt: str) -> Array:
-        # The negative prompt is nearly always the same ("" by default): encode it once.
-        if negative_prompt not in self._negative_cache:
-            self._negative_cache[negative_prompt] = self.components.text_encoder([negative_prompt])
-        return self._negative_cache[negative_prompt]
+        """A whole text's vector (1, D), as the text encoder gives it (cached)."""
+        return self._parts.get(("text", prompt), lambda: self.components.text_encoder([prompt]))
 
     def decode(self, latents: Array) -> list[Image.Image]:
         """Model latents (B, C, h, w) -> PIL images, the model card's way."""
@@ -218,18 +230,39 @@ class Pipeline:
     def _generate(self, plan: GenerationPlan) -> Iterator[StepEvent | ImageEvent]:
         params = plan.params
         started = time.perf_counter()
-        cond = self.encode_prompt(params.prompt)
-        uncond = None
-        if params.guidance_scale > 1.0:
-            uncond = self.encode_negative(params.negative_prompt)
+        passes = [len(plan.schedule)] + ([] if plan.hires is None else [len(plan.hires.schedule)])
+        conditions = [self._conditions(plan, steps) for steps in passes]
         init = None if plan.inputs is None else self._init_latents(plan.inputs)
         prepare_seconds = time.perf_counter() - started
         for first in range(0, params.num_images, params.batch_size):
             seeds = plan.seeds[first : first + params.batch_size]
             batch = _Batch(first, seeds, prepare_seconds if first == 0 else 0.0)
-            yield from self._generate_batch(plan, batch, cond, uncond, init)
+            yield from self._generate_batch(plan, batch, conditions, init)
             if self._cancel.is_set():
                 return
+
+    def _conditions(self, plan: GenerationPlan, steps: int) -> _Conditions:
+        """The prompt's (and the negative's) condition vectors over a pass of `steps` steps."""
+        params = plan.params
+        prompts = plan.prompts or PromptPlan(
+            parse_prompt(params.prompt), parse_prompt(params.negative_prompt)
+        )
+        images = {name: image for image in prompts.image_prompts for name in image.names}
+        encode = partial(self.encode_part, images)
+        cond = condition_schedule(prompts.prompt, steps, prompts.refs, encode)
+        uncond = None
+        if params.guidance_scale > 1.0:  # at <= 1 only the conditional branch runs
+            uncond = condition_schedule(prompts.negative, steps, (), encode)
+        return _Conditions(cond, uncond)
+
+    def encode_part(self, images: Mapping[str, ImagePrompt], part: WeightedPart) -> Array:
+        """One blend part's vector (1, D), from the cache when it was encoded before."""
+        kind, key = part.key
+        if kind == "text":
+            return self._parts.get(part.key, lambda: self.components.text_encoder([key]))
+        image = images[key]
+        encoder = require_image_encoder(self.components)
+        return self._parts.get(("image", image.digest.sha256), lambda: encoder([image.image]))
 
     def _init_latents(self, inputs: ImageInputs) -> _InitLatents:
         ops = self.components.ops
@@ -243,24 +276,21 @@ class Pipeline:
         self,
         plan: GenerationPlan,
         batch: _Batch,
-        cond: Array,
-        uncond: Array | None,
+        conditions: list[_Conditions],
         init: _InitLatents | None,
     ) -> Iterator[StepEvent | ImageEvent]:
         c = self.components
         size = len(batch.seeds)
-        context = _repeat(cond, size, c.ops)
-        uncontext = None if uncond is None else _repeat(uncond, size, c.ops)
-        model = guided_model(c.unet, context, uncontext, plan.params.guidance_scale, c.ops)
         clean = None if init is None else c.ops.concat([init.latents] * size)
-        first_pass = _Pass(plan.schedule, plan.latent_shape, 0)
+        first_pass = _Pass(plan.schedule, plan.latent_shape, 0, conditions[0])
         mask = None if init is None else init.mask
-        latents = yield from self._sample(plan, first_pass, batch, model, clean, mask)
+        latents = yield from self._sample(plan, first_pass, batch, clean, mask)
         if latents is not None and plan.hires is not None:
             hires = plan.hires
             upscaled = self._upscale(latents, hires)
-            second = _Pass(hires.schedule, hires.latent_shape, len(plan.schedule))
-            latents = yield from self._sample(plan, second, batch, model, upscaled, None)
+            first_step = len(plan.schedule)
+            second = _Pass(hires.schedule, hires.latent_shape, first_step, conditions[1])
+            latents = yield from self._sample(plan, second, batch, upscaled, None)
         if latents is None or self._cancel.is_set():
             return
         yield from self._decode(plan, latents, batch)
@@ -270,7 +300,6 @@ class Pipeline:
         plan: GenerationPlan,
         run: _Pass,
         batch: _Batch,
-        model: Any,
         clean: Array | None,
         mask: Array | None,
     ) -> Generator[StepEvent, None, Array | None]:
@@ -282,16 +311,20 @@ class Pipeline:
         variations = [plan.variation_for(batch.first + i) for i in range(len(batch.seeds))]
         noise = BatchNoise(batch.seeds, run.latent_shape, variations)
         first_noise = ops.from_host(noise.draw())
-        hooks: dict[str, Any] = {}
+        c = self.components
+        model = ScheduledGuidance(
+            c.unet, run.conditions.at, len(batch.seeds), plan.params.guidance_scale, ops
+        )
+        hooks = [model.after_step]
         if clean is None:
             latents = schedule.start_latents(first_noise)
         else:
             latents = schedule.noised(clean, first_noise)
             if mask is not None:
-                hooks["after_step"] = _blend_known_region(schedule, clean, first_noise, mask)
+                hooks.append(_blend_known_region(schedule, clean, first_noise, mask))
         draw = lambda: ops.from_host(noise.draw())  # noqa: E731
         tick = time.perf_counter()
-        for step in sample(schedule, model, latents, draw, ops, **hooks):
+        for step in sample(schedule, model, latents, draw, ops, after_step=_chain(hooks)):
             if self._cancel.is_set():
                 return None
             now = time.perf_counter()
@@ -347,10 +380,30 @@ class _Batch:
 
 
 @dataclass(frozen=True)
+class _Conditions:
+    cond: list[Condition]
+    uncond: list[Condition] | None
+
+    def at(self, step: int) -> tuple[Array, Array | None]:
+        uncond = None if self.uncond is None else condition_at(self.uncond, step)
+        return condition_at(self.cond, step), uncond
+
+
+@dataclass(frozen=True)
 class _Pass:
     schedule: SamplerSchedule
     latent_shape: tuple[int, int, int]
     first_step: int  # the StepEvent index of its first step (a hires pass follows the first)
+    conditions: _Conditions
+
+
+def _chain(hooks: list[Any]) -> Any:
+    def after_step(index: int, x: Array) -> Array:
+        for hook in hooks:
+            x = hook(index, x)
+        return x
+
+    return after_step
 
 
 @dataclass(frozen=True)
@@ -381,8 +434,3 @@ def upscale_latents(latents: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         channel = Image.fromarray(latents[b, c].astype(np.float32), "F")
         out[b, c] = np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR))
     return out
-
-
-def _repeat(embedding: Array, count: int, ops: ArrayOps) -> Array:
-    """(1, D) pooled embedding -> (count, 1, D) encoder_hidden_states."""
-    return ops.concat([embedding] * count)[:, None]

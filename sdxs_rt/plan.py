@@ -15,6 +15,7 @@ the init image's own size; it is fitted like the image, and the outpainted area 
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,11 @@ from typing import Any
 from PIL import Image
 
 from sdxs_rt import image_inputs
+from sdxs_rt.conditioning import ImagePromptRef, resolve_image_names
 from sdxs_rt.errors import UsageError
+from sdxs_rt.image_preprocess import load_image_prompt
 from sdxs_rt.params import SIZE_STEP, GenerationParams, ImageInput, check_size
+from sdxs_rt.prompt_syntax import PromptProgram, parse_prompt
 from sdxs_rt.rng import Variation, random_seed, seeds_for
 from sdxs_rt.sampler_schedule import SamplerSchedule, build_schedule
 from sdxs_rt.scheduler_table import SCHEDULER_NAMES
@@ -69,6 +73,33 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class ImagePrompt:
+    """An image prompt, loaded: its pixels, weight, digest and the names `<image:...>` takes."""
+
+    image: Image.Image
+    weight: float
+    digest: InputDigest
+    names: tuple[str, ...]  # its position (1-based) as text, and its file's stem
+
+    @property
+    def ref(self) -> ImagePromptRef:
+        return ImagePromptRef(self.names, self.digest.sha256, self.weight)
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """The prompt and negative prompt parsed (blends, schedules), and the image prompts."""
+
+    prompt: PromptProgram
+    negative: PromptProgram
+    image_prompts: tuple[ImagePrompt, ...] = ()
+
+    @property
+    def refs(self) -> tuple[ImagePromptRef, ...]:
+        return tuple(image.ref for image in self.image_prompts)
+
+
+@dataclass(frozen=True)
 class HiresPass:
     """The second pass of a hires fix: img2img of the upscaled first image at `size`."""
 
@@ -90,6 +121,7 @@ class GenerationPlan:
     latent_shape: tuple[int, int, int]  # (C, h, w) of one image
     inputs: ImageInputs | None
     hires: HiresPass | None = None
+    prompts: PromptPlan | None = None  # None: a plan made by hand, the prompt taken as plain
 
     @property
     def scheduler(self) -> str:
@@ -143,7 +175,37 @@ def make_plan(params: GenerationParams, model: ModelFacts) -> GenerationPlan:
         latent_shape=(model.latent_channels, height // f, width // f),
         inputs=None if init is None else _image_inputs(params, init),
         hires=None if params.hires_scale is None else _hires_pass(params, model),
+        prompts=prompt_plan(params),
     )
+
+
+def prompt_plan(params: GenerationParams) -> PromptPlan:
+    """Parse both prompts and load the image prompts; warn once about what cannot apply."""
+    prompt, negative = parse_prompt(params.prompt), parse_prompt(params.negative_prompt)
+    images = tuple(
+        _image_prompt(i, source, w) for i, (source, w) in enumerate(params.image_prompts)
+    )
+    by_name = {name: image.ref for image in images for name in image.names}
+    for program in (prompt, negative):
+        resolve_image_names(program, by_name)
+        for note in program.notes:
+            warnings.warn(note, stacklevel=3)
+    if prompt.stripped_emphasis or negative.stripped_emphasis:
+        warnings.warn(
+            "emphasis such as (word:1.3), ((word)) or [word] was removed, keeping the words: "
+            "SDXS conditions on one pooled vector per prompt, which word weights cannot change",
+            stacklevel=3,
+        )
+    return PromptPlan(prompt, negative, images)
+
+
+def _image_prompt(index: int, source: ImageInput, weight: float) -> ImagePrompt:
+    names = (str(index + 1),)
+    if isinstance(source, Image.Image):
+        return ImagePrompt(source, float(weight), pixel_digest(source.convert("RGB")), names)
+    image = load_image_prompt(source)
+    digest = InputDigest(image_inputs.file_sha256(source), "file", Path(source).name)
+    return ImagePrompt(image, float(weight), digest, (*names, Path(source).stem))
 
 
 def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:

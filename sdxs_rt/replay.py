@@ -17,7 +17,7 @@ arithmetic may round differently by a few levels.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +147,7 @@ def prepare_replay(path: str | os.PathLike[str], options: ReplayOptions | None =
         init_image=find_input(record.init_image, "init image", folder),
         mask=find_input(record.mask, "mask", folder),
     )
+    params = replace(params, image_prompts=find_image_prompts(record, folder))
     return ReplayJob(path, record, params, load_arguments(record, options, folder))
 
 
@@ -182,6 +183,16 @@ def replay_params(
 
 def _or(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def find_image_prompts(record: ImageRecord, folder: Path) -> tuple[tuple[Path, float], ...]:
+    """The recorded image prompts, in order, found by hash with their weights."""
+    found = []
+    for entry in record.image_prompts or []:
+        path = find_input(entry, "image prompt", folder)
+        assert path is not None
+        found.append((path, float(entry.get("weight", 1.0))))
+    return tuple(found)
 
 
 def find_input(digest: dict[str, Any] | None, what: str, folder: Path) -> Path | None:

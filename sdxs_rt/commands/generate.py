@@ -24,6 +24,8 @@ GENERATE_EXAMPLES = """examples:
   sdxs-rt generate "кот" --model AiArtLab/sdxs --variant fp16 --device cuda --precision fp16
   sdxs-rt generate -p "a lighthouse at dawn" --seed 42 --count 4 -o "out/{seed}.png"
   sdxs-rt generate --prompt-file prompts.txt --json > results.jsonl
+  sdxs-rt generate "a red circle::2 a blue circle::1"             # a blend of two prompts
+  sdxs-rt generate "a [red:blue:0.5] circle"                      # red, then blue from half way
 """
 
 
@@ -49,6 +51,7 @@ PARAM_FLAGS = {
     "--hires-strength": "hires_strength",
     "--hires-steps": "hires_steps",
     "--hires-upscaler": "hires_upscaler",
+    "--image-prompt": "image_prompts",  # PATH[:WEIGHT], repeatable, parsed by the options
 }
 
 
@@ -207,6 +210,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_image_input_arguments(p)
     add_variation_arguments(p)
     add_hires_arguments(p)
+    p.add_argument(
+        "--image-prompt",
+        dest=PARAM_FLAGS["--image-prompt"],
+        action="append",
+        default=[],
+        metavar="PATH[:WEIGHT]",
+        help="an image as a blend part of the prompt, through the text encoder's vision tower "
+        "(weight default 1; repeatable; <image:N> in the prompt places the N-th)",
+    )
 
 
 # Kept equal to sdxs_rt.image_inputs.RESIZE_MODES and sdxs_rt.params.HIRES_UPSCALERS by a

@@ -144,7 +144,19 @@ def param_fields(args: argparse.Namespace) -> Mapping[str, Any]:
         from sdxs_rt.image_inputs import parse_outpaint
 
         values["outpaint"] = parse_outpaint(values["outpaint"])
+    values["image_prompts"] = tuple(parse_image_prompt(spec) for spec in values["image_prompts"])
     return MappingProxyType(values)
+
+
+IMAGE_PROMPT_WEIGHT = re.compile(r"^(.*):([+-]?(?:\d+(?:\.\d*)?|\.\d+))$")
+
+
+def parse_image_prompt(spec: str) -> tuple[str, float]:
+    """PATH[:WEIGHT] -> (path, weight); a path that itself ends in ":<number>" needs ":1" added."""
+    match = IMAGE_PROMPT_WEIGHT.match(spec)
+    if match is None:
+        return spec, 1.0
+    return match.group(1), float(match.group(2))
 
 
 SIZE_PATTERN = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
