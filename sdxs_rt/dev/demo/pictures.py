@@ -33,6 +33,19 @@ class Mode:
     params: Callable[[Image.Image, Image.Image], dict[str, Any]]  # (source, mask) -> kwargs
 
 
+# Modes shown next to the plain prompts they mix, instead of next to the source image.
+SIDE_BY_SIDE_WITH = {
+    "blend": [
+        {"prompt": "a red circle on a white background", "seed": 4},
+        {"prompt": "a blue circle on a white background", "seed": 4},
+    ],
+    "schedule": [
+        {"prompt": "a red circle on a white background", "seed": 4},
+        {"prompt": "a blue circle on a white background", "seed": 4},
+    ],
+}
+
+
 def left_half_mask(size: tuple[int, int]) -> Image.Image:
     mask = Image.new("L", size, 0)
     ImageDraw.Draw(mask).rectangle((0, 0, size[0] // 2 - 1, size[1] - 1), fill=255)
@@ -79,6 +92,21 @@ MODES = (
         lambda source, mask: {"prompt": SOURCE_PROMPT, "hires_scale": 2.0, "seed": 1},
     ),
     Mode(
+        "blend",
+        'sdxs-rt generate "a red circle on a white background::1 a blue circle on a white '
+        'background::1" --seed 4',
+        lambda source, mask: {
+            "prompt": "a red circle on a white background::1 a blue circle on a white "
+            "background::1",
+            "seed": 4,
+        },
+    ),
+    Mode(
+        "schedule",
+        'sdxs-rt generate "a [red:blue:0.5] circle on a white background" --seed 4',
+        lambda source, mask: {"prompt": "a [red:blue:0.5] circle on a white background", "seed": 4},
+    ),
+    Mode(
         "variation",
         f'sdxs-rt generate "{SOURCE_PROMPT}" --seed 1 --variation-seed 7 --variation-strength 0.5',
         lambda source, mask: {
@@ -117,6 +145,11 @@ def make_pictures(folder: Path) -> list[tuple[str, str]]:
     for mode in MODES:
         result = pipe(num_inference_steps=STEPS, **mode.params(source, mask)).images[0]
         inputs = [source, mask.convert("RGB")] if mode.name == "inpaint" else [source]
+        if mode.name in SIDE_BY_SIDE_WITH:
+            inputs = [
+                pipe(num_inference_steps=STEPS, **extra).images[0]
+                for extra in SIDE_BY_SIDE_WITH[mode.name]
+            ]
         side_by_side(*inputs, result).save(folder / f"{mode.name}.png")
         made.append((mode.name, mode.cli))
     return made
