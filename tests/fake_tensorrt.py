@@ -9,6 +9,10 @@ Like the real builder, the fake decides what precision an engine computes in: a 
 network in its graph's dtype, a weakly typed one in fp16 only with the FP16 flag (else fp32). It
 writes that into the serialized engine (JSON: graph, precision, typing, profile, workspace), so
 tests check the engine that came out, not the calls that went in.
+
+Engines run on CPU memory through the bound addresses: the U-Net copies its input, the image
+encoder returns each image's channel means (tests/test_image_encoder.py's numeric stand-in),
+every other output is 0.5.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from sdxs_rt.graphs import SizeProfile, graph_specs, profile_shapes
+from sdxs_rt.graphs import GraphSpec, SizeProfile, graph_specs, profile_shapes
 
 TEXT_WIDTH = 32
 LATENT_CHANNELS = 16
 VAE_SCALE = 8
+IMAGE_SIZE = (36, 36)  # the image encoder's (height, width), the tiny model's tower's
 SMALL = SizeProfile(min_size=64, opt_size=64, max_size=128, max_batch=2)
 DTYPE_NAMES = ("FLOAT", "HALF", "BF16", "INT64", "INT32", "BOOL")
 ENGINE_MAGIC = b"ENGINE:"
@@ -57,6 +62,11 @@ TRT_10 = Release(
     always_strongly_typed=False,
 )
 RELEASES = {"trt11": TRT_11, "trt10": TRT_10}
+
+
+def fake_specs() -> dict[str, GraphSpec]:
+    """The graphs as the fake's stand-in export has them (`graphs.graph_specs`)."""
+    return graph_specs(LATENT_CHANNELS, TEXT_WIDTH, IMAGE_SIZE)
 
 
 def dynamic_dims(shape: tuple[Any, ...]) -> tuple[int, ...]:
@@ -92,7 +102,7 @@ class FakeTrt:
         self.module = self._module()
 
     def input_dims(self, graph: str) -> dict[str, tuple[int, ...]]:
-        spec = graph_specs(LATENT_CHANNELS, TEXT_WIDTH)[graph]
+        spec = fake_specs()[graph]
         dims = {t.name: dynamic_dims(t.shape) for t in spec.inputs}
         if graph == "unet" and self.scalar_timestep:
             dims["timestep"] = ()
@@ -307,7 +317,7 @@ class FakeRuntime:
 class FakeEngine:
     def __init__(self, fake: FakeTrt, graph: str, profile: dict[str, Any] | None = None) -> None:
         self.fake, self.graph = fake, graph
-        self.spec = graph_specs(LATENT_CHANNELS, TEXT_WIDTH)[graph]
+        self.spec = fake_specs()[graph]
         self.dims = fake.input_dims(graph)
         self.names = [*self.dims, *(t.name for t in self.spec.outputs)]
         self.profile = profile or profile_shapes(self.spec, SMALL)
@@ -339,7 +349,8 @@ class FakeEngine:
 
 
 class FakeContext:
-    """Copies `sample` to `out_sample` (the U-Net); other outputs (text embeddings, the VAE
+    """Copies `sample` to `out_sample` (the U-Net); `image_embeds` are each image's channel
+    means, tiled to TEXT_WIDTH (`channel_means`); other outputs (text embeddings, the VAE
     decoder's images, the VAE encoder's latents) are filled with 0.5."""
 
     def __init__(self, engine: FakeEngine) -> None:
@@ -357,6 +368,8 @@ class FakeContext:
             return self.shapes["sample"]
         if name == "text_embeds":
             return (self.shapes["input_ids"][0], TEXT_WIDTH)
+        if name == "image_embeds":  # pixel_values (B, 3, H, W) -> (B, TEXT_WIDTH)
+            return (self.shapes["pixel_values"][0], TEXT_WIDTH)
         if self.engine.graph == "vae_encoder":  # images (B, 3, H, W) -> latents
             b, _, h, w = self.shapes["sample"]
             return (b, LATENT_CHANNELS, h // VAE_SCALE, w // VAE_SCALE)
@@ -372,7 +385,23 @@ class FakeContext:
             count = int(np.prod(self.get_tensor_shape(name)))
             if name == "out_sample":
                 ctypes.memmove(self.addresses[name], self.addresses["sample"], 4 * count)
+            elif name == "image_embeds":
+                values = channel_means(self.bound_input("pixel_values"), TEXT_WIDTH)
+                ctypes.memmove(self.addresses[name], values.ctypes.data, 4 * count)
             else:
                 values = np.full(count, 0.5, dtype=np.float32)
                 ctypes.memmove(self.addresses[name], values.ctypes.data, 4 * count)
         return True
+
+    def bound_input(self, name: str) -> np.ndarray:
+        """A copy of a float32 input, read through its bound address."""
+        shape = self.shapes[name]
+        buffer = (ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name])
+        return np.frombuffer(buffer, dtype=np.float32).reshape(shape).copy()
+
+
+def channel_means(pixels: np.ndarray, width: int) -> np.ndarray:
+    """(B, 3, H, W) -> (B, width) float32, C-contiguous: value j is the mean of channel j % 3
+    (tests/test_image_encoder.py's MeanEngine, which tiles the same means to 1152)."""
+    means = pixels.astype(np.float32).mean(axis=(2, 3))
+    return np.ascontiguousarray(means[:, [j % 3 for j in range(width)]])

@@ -601,18 +601,115 @@ def test_trt_encoder_refuses_an_overflow_and_a_foreign_shape() -> None:
         narrow(images_of_every_kind()[:1])
 
 
-def test_trt_loader_says_image_prompts_are_unavailable(
+def test_trt_build_makes_the_image_encoder_engine_and_loads_it_lazily(
     fake_trt: Any, exported: Path, engine_dir: Path, here: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sdxs_rt.backends.tensorrt import builder, load_components, loader, runtime
-    from tests.fake_tensorrt import SMALL
-    from tests.test_tensorrt import FakeStream
+    """Five engines from a full export; the loaded encoder's vectors are MeanEngine's (the fake
+    engine computes the same channel means, at TEXT_WIDTH and in float32)."""
+    from sdxs_rt.backends.tensorrt import builder, load_components
+    from sdxs_rt.pipeline import Pipeline
+    from tests.fake_tensorrt import IMAGE_SIZE, SMALL, TEXT_WIDTH, read_engine
 
-    monkeypatch.setattr(loader, "current_environment", lambda index=0: here)
-    monkeypatch.setattr(loader, "cuda_device", lambda name: torch.device("cpu"))
-    monkeypatch.setattr(runtime, "StreamSync", lambda device: FakeStream())
-    builder.build_engines(exported, SMALL)
+    paths = builder.build_engines(exported, SMALL)
+    graphs = [read_engine(path)["graph"] for path in paths]
+    assert graphs == ["text_encoder", "unet", "vae_decoder", "vae_encoder", "image_encoder"]
+    test_tensorrt.load_on_cpu(monkeypatch, here)
     components = load_components(str(exported), device="cuda", precision="fp16")
-    assert components.image_encoder is None
-    with pytest.raises(UsageError, match="tensorrt backend has no image_encoder engine yet"):
+    encoder: Any = require_image_encoder(components)
+    assert "image_encoder_unavailable" not in components.info
+    assert components.info["engines"]["image_encoder"] == str(paths[4])
+    assert encoder.engine.engine is None  # chosen at load, opened on the first image prompt
+    assert encoder.size == IMAGE_SIZE and encoder.width == TEXT_WIDTH
+    images = images_of_every_kind()[:2]
+    vectors = encoder(images)
+    assert encoder.engine.engine is not None
+    assert vectors.dtype == torch.float32 and vectors.shape == (2, TEXT_WIDTH)
+    pixels = torch.from_numpy(ImagePreprocessor(*IMAGE_SIZE)(images))
+    stand_in = MeanEngine()({"pixel_values": pixels})["image_embeds"][:, :TEXT_WIDTH].float()
+    torch.testing.assert_close(vectors, stand_in, atol=2e-3, rtol=0)  # MeanEngine is fp16
+    assert encoder([]).shape == (0, TEXT_WIDTH)
+    # the pipeline blends an image prompt through it (one image per call: batch 1)
+    pipeline = Pipeline.from_pretrained(str(exported), backend="tensorrt", dtype="fp16")
+    prompt_encoder: Any = pipeline.components.image_encoder
+    result = pipeline("a cat", image_prompts=[(images[0], 1.0)], width=64, height=64,
+                      num_inference_steps=2, seed=1)  # fmt: skip
+    assert result.images[0].size == (64, 64)
+    assert prompt_encoder.engine.engine.context.shapes["pixel_values"] == (1, 3, *IMAGE_SIZE)
+
+
+def _spoil_image_encoder(folder: Path, how: str) -> str:
+    """Take the image encoder from a stand-in export; what the build's note then says."""
+    from sdxs_rt.graphs import read_manifest, write_manifest
+
+    manifest = read_manifest(folder)
+    if how == "no vision tower":  # what 'export onnx' writes then: no graph, no preprocessor
+        del manifest.graphs["image_encoder"]
+        manifest.image_preprocessor = {}
+        shutil.rmtree(folder / "image_encoder")
+        why = (
+            f"{folder / 'manifest.json'} lists no image_encoder graph (an older export, or a "
+            "text encoder without a vision tower)"
+        )
+    elif how == "file missing":
+        shutil.rmtree(folder / "image_encoder")
+        why = f"{folder / 'image_encoder' / 'model.onnx'} is missing"
+    elif how == "no preprocessor":
+        manifest.image_preprocessor = {}
+        why = (
+            f"{folder / 'manifest.json'} has no image_preprocessor for its image_encoder graph "
+            "(the image size its engine takes)"
+        )
+    else:  # the graph's recorded input disagrees with the preprocessor's size
+        manifest.graphs["image_encoder"].inputs = [
+            {"name": "pixel_values", "dtype": "float", "shape": ["batch", 3, 48, 48]}
+        ]
+        why = (
+            f"{folder / 'image_encoder' / 'model.onnx'} takes [48, 48] images but the "
+            f"image_preprocessor of {folder / 'manifest.json'} prepares them at [36, 36]"
+        )
+    write_manifest(folder, manifest)
+    return why
+
+
+@pytest.mark.parametrize("how", ["no vision tower", "file missing", "no preprocessor", "size"])
+def test_trt_without_the_graph_builds_four_engines_and_loads_none_and_why(
+    fake_trt: Any,
+    exported: Path,
+    engine_dir: Path,
+    here: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    from sdxs_rt.backends.tensorrt import builder, load_components
+    from sdxs_rt.graphs import read_manifest
+
+    why = _spoil_image_encoder(exported, how)
+    four = (*builder.RUNTIME_GRAPHS, "vae_encoder")
+    assert builder.engine_graphs(exported) == four
+    build = test_tensorrt.engine_cli("engine", "build", "--model", str(exported),
+                                     "--min-size", "64", "--max-size", "128")  # fmt: skip
+    assert test_tensorrt.commands.run(build) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4 and sorted(read_manifest(exported).engines) == sorted(four)
+    [note] = [line for line in err.splitlines() if "not built" in line]  # one line, this one
+    assert note == (
+        f"image_encoder: not built: {why}, so image prompts will be unavailable on TensorRT; "
+        "export the model again with 'sdxs-rt export onnx' (its text encoder needs a vision "
+        "tower) and build again"
+    )
+    test_tensorrt.load_on_cpu(monkeypatch, here)
+    components = load_components(str(exported), device="cuda", precision="fp16")
+    assert components.image_encoder is None and components.vae_encoder is not None
+    reason = components.info["image_encoder_unavailable"]
+    assert "\n" not in reason and "export the model again with 'sdxs-rt export onnx'" in reason
+    if how == "no vision tower":
+        assert reason.startswith(
+            f"{exported / 'manifest.json'} lists no image_encoder graph (an export made before "
+            "it existed, or from a text encoder without a vision tower)"
+        )
+    else:
+        assert reason.startswith(f"{why}, so 'sdxs-rt engine build' builds no image_encoder")
+    assert sorted(components.info["engines"]) == sorted(four)
+    with pytest.raises(UsageError, match=r"^image prompts cannot be used: /"):
         require_image_encoder(components)

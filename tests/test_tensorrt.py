@@ -44,6 +44,7 @@ from sdxs_rt.graphs import (
 )
 from tests.fake_tensorrt import (
     FOREIGN_PLAN,
+    IMAGE_SIZE,
     RELEASES,
     SMALL,
     TEXT_WIDTH,
@@ -55,6 +56,7 @@ from tests.fake_tensorrt import (
     FakeTrt,
     Release,
     engine_bytes,
+    fake_specs,
     onnx_facts,
     read_engine,
     standin_graph,
@@ -77,14 +79,18 @@ def engine_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def write_exported_folder(folder: Path, precision: str = "fp16") -> Path:
-    """A folder as `sdxs-rt export onnx --precision P` writes it, with stand-in graph files.
+    """A folder as `sdxs-rt export onnx --precision P` writes it, with stand-in graph files:
+    all five graphs, the image encoder's taking IMAGE_SIZE images as its `image_preprocessor`
+    says (the export of a text encoder with a vision tower).
 
     fp16 keeps the VAE graphs in fp32, as the exporter does when fp16 loses the image.
     """
+    from sdxs_rt.image_preprocess import ImagePreprocessor
+
     folder.mkdir(parents=True)
     shutil.copytree(TINY_TOKENIZER, folder / "tokenizer")
     graphs = {}
-    for name, spec in graph_specs(16, TEXT_WIDTH).items():
+    for name, spec in fake_specs().items():
         graph_precision = "fp32" if name.startswith("vae") else precision
         path = folder / spec.file
         path.parent.mkdir()
@@ -102,6 +108,7 @@ def write_exported_folder(folder: Path, precision: str = "fp16") -> Path:
         scheduler_config={"_class_name": "DDPMScheduler", "num_train_timesteps": 1000},
         tokenizer="tokenizer/tokenizer.json",
         graphs=graphs,
+        image_preprocessor=ImagePreprocessor(*IMAGE_SIZE).to_dict(),
     )
     write_manifest(folder, manifest)
     return folder
@@ -439,8 +446,12 @@ def test_check_size_for_model_uses_the_manifest_engines(exported: Path) -> None:
         profile.check_size_for_model(exported, 256, 64, 1)
     # the VAE encoder's engine says nothing about text-to-image sizes (as in the loader)
     manifest.engines["vae_encoder"] = {"profile": profile.profile_info(replace(SMALL, max_size=64))}
+    # nor does the image encoder's (one image size; its batches are not text-to-image's)
+    manifest.engines["image_encoder"] = {
+        "profile": profile.profile_info(replace(SMALL, max_batch=1))
+    }
     write_manifest(exported, manifest)
-    profile.check_size_for_model(exported, 128, 64, 1)
+    profile.check_size_for_model(exported, 128, 64, 2)
 
 
 # --- builder (fake TensorRT 10.x and 11.x) --------------------------------------------------
@@ -455,10 +466,11 @@ def test_fp16_engines_from_fp16_graphs_are_strongly_typed(
     fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
 ) -> None:
     paths = builder_module.build_engines(exported, SMALL)
-    assert [p.parent for p in paths] == [engine_dir] * 4
+    assert [p.parent for p in paths] == [engine_dir] * 5
     engines = built(paths)
-    # text-to-image first, then the VAE encoder (img2img), which an fp16 export has too
-    assert list(engines) == [*builder_module.RUNTIME_GRAPHS, "vae_encoder"]
+    # text-to-image first, then the VAE encoder (img2img) and the image encoder (image prompts),
+    # which an fp16 export of a text encoder with a vision tower has too
+    assert list(engines) == [*builder_module.RUNTIME_GRAPHS, "vae_encoder", "image_encoder"]
     assert list(engines) == list(builder_module.ENGINE_GRAPHS)
     assert all(engine["strongly_typed"] for engine in engines.values())
     # the exporter's fp32 VAE stays fp32: a strongly typed engine runs the graph's own dtypes
@@ -468,10 +480,12 @@ def test_fp16_engines_from_fp16_graphs_are_strongly_typed(
         "unet": "fp16",
         "vae_decoder": "fp32",
         "vae_encoder": "fp32",
+        "image_encoder": "fp16",
     }
-    specs = graph_specs(16, TEXT_WIDTH)
+    specs = fake_specs()
     for graph, engine in engines.items():
-        expected = profile_shapes(specs[graph], SMALL)
+        size_profile = SMALL if graph != "image_encoder" else profile.image_encoder_profile(SMALL)
+        expected = profile_shapes(specs[graph], size_profile)
         assert engine["profiles"] == [{k: [list(s) for s in v] for k, v in expected.items()}]
         assert engine["workspace"] is None
 
@@ -488,6 +502,20 @@ def test_the_encoder_engine_takes_every_image_the_decoder_makes(
     assert decoded == [[1, 3, 64, 64], [1, 3, 128, 128], [2, 3, 128, 128]]
 
 
+def test_the_image_encoder_engine_takes_its_one_image_size_in_batches_up_to_the_max(
+    fake_trt: FakeTrt, exported: Path, engine_dir: Path, here: Environment
+) -> None:
+    """SigLIP resizes every image prompt to the manifest's size, and the pipeline encodes them
+    one at a time: batch 1 (also when the build's min batch is larger) up to the max batch."""
+    batches = replace(SMALL, min_batch=2, opt_batch=2, max_batch=3)
+    engines = built(builder_module.build_engines(exported, batches))
+    [image_profile] = engines["image_encoder"]["profiles"]
+    assert read_manifest(exported).image_preprocessor["size"] == {"height": 36, "width": 36}
+    assert image_profile == {"pixel_values": [[1, 3, 36, 36], [1, 3, 36, 36], [3, 3, 36, 36]]}
+    [unet_profile] = engines["unet"]["profiles"]  # the build's own batches are unchanged
+    assert [shape[0] for shape in unet_profile["sample"]] == [2, 4, 6]
+
+
 def test_fp16_engines_from_fp32_graphs_use_the_fp16_flag_on_tensorrt_10(
     exported_fp32: Path, engine_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -495,7 +523,7 @@ def test_fp16_engines_from_fp32_graphs_use_the_fp16_flag_on_tensorrt_10(
     monkeypatch.setattr(builder_module, "current_environment", lambda index=0: HERE)
     paths = builder_module.build_engines(exported_fp32, SMALL)
     engines = built(paths).values()
-    assert [(e["precision"], e["strongly_typed"]) for e in engines] == [("fp16", False)] * 4
+    assert [(e["precision"], e["strongly_typed"]) for e in engines] == [("fp16", False)] * 5
     sidecar = json.loads(paths[1].with_suffix(".json").read_text())
     assert sidecar["key"]["build_mode"] == FP16_FLAG
 
@@ -569,7 +597,7 @@ def test_each_build_starts_from_the_last_timing_cache(
 ) -> None:
     builder_module.build_engines(exported, SMALL)
     timing = cache.timing_cache_path(here.tensorrt_version or "", "8.9")
-    assert timing.read_bytes() == b"+measured" * 4  # each of the four builds added to it
+    assert timing.read_bytes() == b"+measured" * 5  # each of the five builds added to it
 
 
 def test_an_unusable_timing_cache_is_started_afresh(
@@ -613,6 +641,8 @@ def test_build_records_sidecars_and_the_manifest(
     assert engines["vae_encoder"]["digest"] == paths[3].stem
     assert engines["vae_encoder"]["graph_precision"] == "fp32"
     assert engines["vae_encoder"]["profile"] == engines["vae_decoder"]["profile"]
+    assert engines["image_encoder"]["digest"] == paths[4].stem
+    assert engines["image_encoder"]["graph_precision"] == "fp16"
     assert engines["unet"]["key"]["build_mode"] == STRONGLY_TYPED
     assert engines["vae_decoder"]["graph_precision"] == "fp32"
     assert engines["unet"]["environment"]["gpu_name"] == "Test GPU"
@@ -625,13 +655,13 @@ def test_cached_engines_are_skipped_unless_forced(
     first = builder_module.build_engines(exported, SMALL)
     events: list[builder_module.BuildEvent] = []
     again = builder_module.build_engines(exported, SMALL, progress=events.append)
-    assert again == first and len(first) == 4
+    assert again == first and len(first) == 5
     assert [(e.graph, e.kind) for e in events] == [
         (graph, "skip") for graph in builder_module.ENGINE_GRAPHS
     ]  # nothing built the second time: no start, phase or done event
     events.clear()
     builder_module.build_engines(exported, SMALL, force=True, progress=events.append)
-    assert [e.kind for e in events if e.kind in ("skip", "done")] == ["done"] * 4
+    assert [e.kind for e in events if e.kind in ("skip", "done")] == ["done"] * 5
     other = builder_module.build_engines(exported, replace(SMALL, max_batch=1))
     assert set(other).isdisjoint(first)  # another profile is another engine
 
@@ -684,7 +714,7 @@ def test_a_failing_progress_callback_does_not_break_the_build(
         if event.kind == "step":
             raise RuntimeError("oops")
 
-    assert len(builder_module.build_engines(exported, SMALL, progress=broken)) == 4
+    assert len(builder_module.build_engines(exported, SMALL, progress=broken)) == 5
 
 
 def test_missing_tensorrt_is_a_device_error(
@@ -933,14 +963,17 @@ def loadable(
     return exported
 
 
-def drop_encoder_graph(folder: Path, unlisted: bool) -> None:
+def drop_encoder_graph(folder: Path, unlisted: bool, graph: str = "vae_encoder") -> None:
     """An export made before `export onnx` wrote the VAE encoder (`unlisted`), or one whose
-    vae_encoder/ folder is gone while its manifest still lists it."""
+    vae_encoder/ folder is gone while its manifest still lists it. With `graph="image_encoder"`,
+    unlisted is an export without a vision tower (no graph, no image_preprocessor)."""
     if unlisted:
         manifest = read_manifest(folder)
-        del manifest.graphs["vae_encoder"]
+        del manifest.graphs[graph]
+        if graph == "image_encoder":
+            manifest.image_preprocessor = {}
         write_manifest(folder, manifest)
-    shutil.rmtree(folder / "vae_encoder")
+    shutil.rmtree(folder / graph)
 
 
 @pytest.mark.parametrize(
@@ -963,19 +996,22 @@ def test_an_export_without_the_encoder_graph_builds_and_loads_without_an_encoder
     from sdxs_rt.backends.tensorrt import load_components
 
     drop_encoder_graph(exported, unlisted)
-    assert builder_module.engine_graphs(exported) == builder_module.RUNTIME_GRAPHS
+    others = (*builder_module.RUNTIME_GRAPHS, "image_encoder")
+    assert builder_module.engine_graphs(exported) == others
     build = engine_cli("engine", "build", "--model", str(exported), "--min-size", "64",
                        "--max-size", "128", "--max-batch", "2")  # fmt: skip
     assert commands.run(build) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 3 and "vae_encoder" not in out  # the other three built
+    assert len(out.splitlines()) == 4  # the other four built, the image encoder's included
+    assert "image_encoder: wrote" in err and "vae_encoder: wrote" not in err
     [note] = [line for line in err.splitlines() if line.startswith("vae_encoder")]
+    assert [line for line in err.splitlines() if "not built" in line] == [note]
     assert note == (
         f"vae_encoder: not built: {exported / why}, so img2img and the pixel hires fix will be "
         "unavailable on TensorRT; export the model again with 'sdxs-rt export onnx' and build "
         "again"
     )
-    assert sorted(read_manifest(exported).engines) == sorted(builder_module.RUNTIME_GRAPHS)
+    assert sorted(read_manifest(exported).engines) == sorted(others)
     load_on_cpu(monkeypatch, here)
     components = load_components(str(exported), device="cuda", precision="fp16")
     assert components.vae_encoder is None
@@ -985,15 +1021,22 @@ def test_an_export_without_the_encoder_graph_builds_and_loads_without_an_encoder
     else:
         assert reason.startswith(f"{exported / why}, so 'sdxs-rt engine build' builds no")
     assert "export the model again with 'sdxs-rt export onnx'" in reason
-    assert sorted(components.info["engines"]) == sorted(builder_module.RUNTIME_GRAPHS)
+    assert sorted(components.info["engines"]) == sorted(others)
+    assert components.image_encoder is not None  # image prompts do not need the VAE encoder
     assert components.info["engine_profile"]["description"] == "64..128 px per side, batch 1..2"
 
 
 def test_engine_graphs_says_what_a_build_will_make(exported: Path, tmp_path: Path) -> None:
     """The desktop's build progress counts these."""
     assert builder_module.engine_graphs(exported) == builder_module.ENGINE_GRAPHS
+    assert len(builder_module.ENGINE_GRAPHS) == 5
     assert builder_module.engine_graphs(tmp_path / "nowhere") == builder_module.RUNTIME_GRAPHS
     drop_encoder_graph(exported, unlisted=True)
+    assert builder_module.engine_graphs(exported) == (
+        *builder_module.RUNTIME_GRAPHS,
+        "image_encoder",
+    )
+    drop_encoder_graph(exported, unlisted=True, graph="image_encoder")
     assert builder_module.engine_graphs(exported) == builder_module.RUNTIME_GRAPHS
 
 
@@ -1007,6 +1050,7 @@ def test_load_components_exposes_the_engine_profile(loadable: Path) -> None:
     assert info["engine_profile"]["description"] == "64..128 px per side, batch 1..2"
     assert sorted(info["engines"]) == sorted(builder_module.ENGINE_GRAPHS)
     assert components.vae_encoder is not None and "vae_encoder_unavailable" not in info
+    assert components.image_encoder is not None and "image_encoder_unavailable" not in info
     profile.check_size(components, 128, 128, 2)
     with pytest.raises(UsageError, match="outside this engine's profile"):
         profile.check_size(components, 576, 576, 1)
@@ -1106,13 +1150,14 @@ def test_engine_build_and_list(
                       "--min-size", "64", "--max-batch", "2")  # fmt: skip
     assert commands.run_export_tensorrt(args) == 0
     out, err = capsys.readouterr()
-    assert len(out.splitlines()) == 4 and "unet: building the TensorRT engine" in err
+    assert len(out.splitlines()) == 5 and "unet: building the TensorRT engine" in err
     assert "vae_encoder: building the TensorRT engine" in err and "not built" not in err
+    assert "image_encoder: building the TensorRT engine" in err
     assert "the engines cover 64..128 px per side, batch 1..2" in err
     assert commands.run(engine_cli("engine", "list")) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["KEY", "GRAPH", "MODEL"]
-    assert len(table) == 5 and "abc1234567" in table[1] and "64-128px b1-2" in table[1]
+    assert len(table) == 6 and "abc1234567" in table[1] and "64-128px b1-2" in table[1]
     assert "Test GPU (sm 8.9)" in table[1]
     assert commands.run(engine_cli("engine", "list", "--json")) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -1130,14 +1175,14 @@ def test_engine_build_again_says_cached_and_clear_removes(
 ) -> None:
     build = engine_cli("engine", "build", "--model", str(exported), "--min-size", "64")
     assert commands.run(build) == 0
-    assert capsys.readouterr().err.count("building the TensorRT engine") == 4
+    assert capsys.readouterr().err.count("building the TensorRT engine") == 5
     assert commands.run(build) == 0
     err = capsys.readouterr().err
-    assert err.count("in the cache") == 4 and "building" not in err
+    assert err.count("in the cache") == 5 and "building" not in err
     assert commands.run(engine_cli("engine", "clear", "--model-hash", "nope")) == 0
     assert "removed 0 engine(s)" in capsys.readouterr().err
     assert commands.run(engine_cli("engine", "clear", "--model-hash", "abc")) == 0
-    assert "removed 4 engine(s)" in capsys.readouterr().err
+    assert "removed 5 engine(s)" in capsys.readouterr().err
     assert commands.run(engine_cli("engine", "list")) == 0
     assert "no engines in" in capsys.readouterr().err
 
@@ -1239,8 +1284,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def test_tensorrt_end_to_end_matches_onnx_runtime(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Export the tiny model in fp16, build strongly typed fp16 engines (the VAE encoder's
-    too), generate and encode, and compare with ONNX Runtime running the same graphs on the CPU."""
+    """Export the tiny model in fp16, build strongly typed fp16 engines (the VAE and image
+    encoders' too), generate, encode an init image and an image prompt, and compare with ONNX
+    Runtime running the same graphs on the CPU."""
     require_tensorrt_and_gpu()
     tiny_model = request.getfixturevalue("tiny_model")  # after the check: the fixture skips
     from sdxs_rt_export.onnx_export import export_onnx
@@ -1253,7 +1299,7 @@ def test_tensorrt_end_to_end_matches_onnx_runtime(
     small = SizeProfile(min_size=64, opt_size=128, max_size=192, max_batch=2)
     paths = builder_module.build_engines(exported, small, "fp16")
     modes = {json.loads(p.with_suffix(".json").read_text())["key"]["build_mode"] for p in paths}
-    assert len(paths) == 4 and modes == {STRONGLY_TYPED}
+    assert len(paths) == 5 and modes == {STRONGLY_TYPED}
     options = {"width": 128, "height": 64, "num_inference_steps": 4, "seed": 7}
     trt_pipe = Pipeline.from_pretrained(str(exported), backend="tensorrt", device="cuda",
                                         dtype="fp16")  # fmt: skip
@@ -1270,7 +1316,16 @@ def test_tensorrt_end_to_end_matches_onnx_runtime(
     assert trt_latents.shape == ort_latents.shape == (1, 16, 8, 16)
     relative = np.abs(trt_latents - ort_latents).mean() / np.abs(ort_latents).mean()
     assert relative < 0.02  # ONNX Runtime fp16 graphs vs torch fp32, tiny model: 0.0017
-    assert len(cache.list_engines()) == 4
+    # the image encoder engine (image prompts), opened on the first one: ONNX Runtime's vectors
+    trt_encoder = trt_pipe.components.image_encoder
+    assert trt_encoder is not None and "image_encoder_unavailable" not in trt_pipe.components.info
+    assert trt_encoder.engine.engine is None  # not opened by text-to-image or img2img
+    trt_vectors = trt_encoder([init]).float().cpu().numpy()
+    ort_vectors = np.asarray(ort_pipe.components.image_encoder([init]), dtype=np.float32)
+    assert trt_vectors.shape == ort_vectors.shape == (1, 1152)
+    relative = np.abs(trt_vectors - ort_vectors).mean() / np.abs(ort_vectors).mean()
+    assert relative < 0.02  # the same fp16 graph; not measured on real TensorRT
+    assert len(cache.list_engines()) == 5
     assert read_manifest(exported).engines["unet"]["environment"]["gpu_name"]
 
 

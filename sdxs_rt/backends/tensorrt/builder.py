@@ -7,10 +7,13 @@ flags of the build mode (`build_mode.py`: strongly typed, or weakly typed with t
 found); a builder config with a workspace pool limit, one optimization profile, the machine's
 timing cache and a progress monitor; then `build_serialized_network`.
 
-A build makes the text-to-image engines (`RUNTIME_GRAPHS`) and, when the export has the graph,
-the VAE encoder's (img2img, the pixel hires fix), with the same size profile, so the encoder
-takes every image the decoder can make. An export without it (made before `export onnx` wrote
-one) still builds the other three, and one progress event says so.
+A build makes the text-to-image engines (`RUNTIME_GRAPHS`), then the optional ones whose graph
+the export has (`OPTIONAL_GRAPHS`): the VAE encoder's (img2img, the pixel hires fix), with the
+build's size profile, so the encoder takes every image the decoder can make; and the image
+encoder's (image prompts), for the one image size of the manifest's `image_preprocessor` and
+batches 1..the build's max batch (`profile.engine_shapes`). An export without one of them (made
+before `export onnx` wrote it, or, for the image encoder, from a text encoder without a vision
+tower) still builds the others, and one progress event per missing graph says so.
 """
 
 from __future__ import annotations
@@ -44,15 +47,27 @@ from sdxs_rt.backends.tensorrt.environment import (
     current_environment,
     require_gpu,
 )
-from sdxs_rt.backends.tensorrt.profile import ENCODER_GRAPH, check_profile
-from sdxs_rt.errors import DeviceError, EngineError, ModelNotFoundError, SdxsError, UsageError
+from sdxs_rt.backends.tensorrt.profile import (
+    ENCODER_GRAPH,
+    OPTIONAL_GRAPHS,
+    check_profile,
+    engine_shapes,
+    image_encoder_preprocessor,
+)
+from sdxs_rt.errors import (
+    DeviceError,
+    EngineError,
+    ModelFormatError,
+    ModelNotFoundError,
+    SdxsError,
+    UsageError,
+)
 from sdxs_rt.graphs import (
+    IMAGE_ENCODER_GRAPH,
     MANIFEST_NAME,
     Manifest,
     ShapeTriple,
     SizeProfile,
-    graph_specs,
-    profile_shapes,
     read_manifest,
     write_manifest,
 )
@@ -60,7 +75,23 @@ from sdxs_rt.graphs import (
 logger = logging.getLogger(__name__)
 
 RUNTIME_GRAPHS = ("text_encoder", "unet", "vae_decoder")  # what text-to-image runs
-ENGINE_GRAPHS = (*RUNTIME_GRAPHS, ENCODER_GRAPH)  # what a build makes from a full export
+ENGINE_GRAPHS = (*RUNTIME_GRAPHS, *OPTIONAL_GRAPHS)  # what a build makes from a full export
+# What a build without the graph costs, and what gets it back (its progress note).
+UNAVAILABLE_WITHOUT = {
+    ENCODER_GRAPH: (
+        "img2img and the pixel hires fix will be unavailable on TensorRT; export the model "
+        "again with 'sdxs-rt export onnx' and build again"
+    ),
+    IMAGE_ENCODER_GRAPH: (
+        "image prompts will be unavailable on TensorRT; export the model again with "
+        "'sdxs-rt export onnx' (its text encoder needs a vision tower) and build again"
+    ),
+}
+# Why an optional graph may be unlisted in a manifest.
+UNLISTED_BECAUSE = {
+    ENCODER_GRAPH: "an older export",
+    IMAGE_ENCODER_GRAPH: "an older export, or a text encoder without a vision tower",
+}
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_PROFILE = SizeProfile()  # frozen: safe as a default
 
@@ -136,8 +167,9 @@ def build_engines(
     """Build (or find in the cache) the engines of `graphs_to_build`; their paths, in that order.
 
     Each finished engine is recorded in the folder's manifest at once, so an interrupted build
-    resumes where it stopped. `force` rebuilds engines that are already cached. Without the
-    vae_encoder graph, a "note" event says img2img will be unavailable.
+    resumes where it stopped. `force` rebuilds engines that are already cached. For each optional
+    graph it cannot build (the vae_encoder or image_encoder graph missing), one "note" event
+    says why and what will be unavailable.
     """
     check_profile(profile)
     check_precision(precision)
@@ -149,8 +181,10 @@ def build_engines(
     request = BuildRequest(profile, precision, mode, require_gpu(current_environment()))
     notify = progress or (lambda event: None)
     graphs = graphs_to_build(folder, manifest)
-    if ENCODER_GRAPH not in graphs:
-        notify(BuildEvent(ENCODER_GRAPH, "note", message=no_encoder_note(folder, manifest)))
+    for graph in OPTIONAL_GRAPHS:
+        why = skip_reason(folder, manifest, graph)
+        if why is not None:
+            notify(BuildEvent(graph, "note", message=skip_note(graph, why)))
     paths = []
     for graph in graphs:
         job = plan_job(folder, manifest, graph, request)
@@ -162,12 +196,10 @@ def build_engines(
 
 
 def graphs_to_build(folder: Path, manifest: Manifest) -> tuple[str, ...]:
-    """The text-to-image graphs, then the VAE encoder where the export has it (listed in the
-    manifest, its file present): the encoder comes last, so text-to-image is usable first."""
-    entry = manifest.graphs.get(ENCODER_GRAPH)
-    if entry is None or not (folder / entry.file).is_file():
-        return RUNTIME_GRAPHS
-    return ENGINE_GRAPHS
+    """The text-to-image graphs, then the VAE encoder and the image encoder where the export has
+    them (`skip_reason` None): those come last, so text-to-image is usable first."""
+    optional = (g for g in OPTIONAL_GRAPHS if skip_reason(folder, manifest, g) is None)
+    return (*RUNTIME_GRAPHS, *optional)
 
 
 def engine_graphs(exported_dir: str | Path) -> tuple[str, ...]:
@@ -180,17 +212,25 @@ def engine_graphs(exported_dir: str | Path) -> tuple[str, ...]:
         return RUNTIME_GRAPHS
 
 
-def no_encoder_note(folder: Path, manifest: Manifest) -> str:
-    """The progress line of a build without the VAE encoder."""
-    entry = manifest.graphs.get(ENCODER_GRAPH)
+def skip_reason(folder: Path, manifest: Manifest, graph: str) -> str | None:
+    """Why a build cannot make an optional graph's engine (unlisted, its file missing, or, for
+    the image encoder, no image size it can use), or None when it can."""
+    entry = manifest.graphs.get(graph)
     if entry is None:
-        why = f"{folder / MANIFEST_NAME} lists no {ENCODER_GRAPH} graph (an older export)"
-    else:
-        why = f"{folder / entry.file} is missing"
-    return (
-        f"not built: {why}, so img2img and the pixel hires fix will be unavailable on "
-        "TensorRT; export the model again with 'sdxs-rt export onnx' and build again"
-    )
+        return f"{folder / MANIFEST_NAME} lists no {graph} graph ({UNLISTED_BECAUSE[graph]})"
+    if not (folder / entry.file).is_file():
+        return f"{folder / entry.file} is missing"
+    if graph == IMAGE_ENCODER_GRAPH:
+        try:
+            image_encoder_preprocessor(folder, manifest)
+        except ModelFormatError as err:
+            return str(err)
+    return None
+
+
+def skip_note(graph: str, why: str) -> str:
+    """The progress line of a build without an optional graph's engine."""
+    return f"not built: {why}, so {UNAVAILABLE_WITHOUT[graph]}"
 
 
 def plan_job(folder: Path, manifest: Manifest, graph: str, request: BuildRequest) -> BuildJob:
@@ -213,8 +253,7 @@ def plan_job(folder: Path, manifest: Manifest, graph: str, request: BuildRequest
         os=environment.os,
         build_mode=request.build_mode,
     )
-    spec = graph_specs(manifest.latent_channels, manifest.text_width)[graph]
-    shapes = profile_shapes(spec, request.profile, manifest.vae_scale_factor)
+    shapes = engine_shapes(folder, manifest, graph, request.profile)
     sidecar = {
         "graph": graph,
         "model": {"name": manifest.model.get("name", ""), "hash": manifest.model.get("hash", "")},

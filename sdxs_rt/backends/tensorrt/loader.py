@@ -17,6 +17,7 @@ from sdxs_rt.backends.tensorrt.profile import (
     ENCODER_GRAPH,
     INFO_KEY,
     common_profile,
+    image_encoder_preprocessor,
     profile_from_dict,
     profile_info,
 )
@@ -24,6 +25,7 @@ from sdxs_rt.backends.tensorrt.runtime import TrtEngine, deserialize
 from sdxs_rt.backends.tensorrt.selection import EngineQuery, select_engine
 from sdxs_rt.backends.tensorrt.wrappers import (
     DeferredEngine,
+    TrtImageEncoder,
     TrtTextEncoder,
     TrtUNet,
     TrtVAEDecoder,
@@ -31,8 +33,9 @@ from sdxs_rt.backends.tensorrt.wrappers import (
 )
 from sdxs_rt.backends.torch.ops import TorchOps
 from sdxs_rt.components import Components
-from sdxs_rt.errors import EngineError, ModelNotFoundError, UsageError
+from sdxs_rt.errors import EngineError, ModelFormatError, ModelNotFoundError, UsageError
 from sdxs_rt.graphs import (
+    IMAGE_ENCODER_GRAPH,
     MANIFEST_NAME,
     Manifest,
     graph_specs,
@@ -43,11 +46,6 @@ from sdxs_rt.prompt_tokenizer import PromptTokenizer
 
 # SDXS_RT_CUDA_GRAPHS=1 replays the U-Net through a CUDA graph (captured again per shape).
 CUDA_GRAPHS_VARIABLE = "SDXS_RT_CUDA_GRAPHS"
-# Image prompts: wrappers.TrtImageEncoder is ready, but no build makes its engine yet.
-NO_IMAGE_ENCODER = (
-    "the tensorrt backend has no image_encoder engine yet ('sdxs-rt engine build' builds the "
-    "text-to-image and VAE encoder engines only); use --backend onnx or torch for image prompts"
-)
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,10 @@ def load_components(
 ) -> Components:
     """Components over the cached engines of `model`, an exported folder.
 
-    The VAE encoder (img2img) is optional: without a usable vae_encoder engine,
-    `Components.vae_encoder` is None and info["vae_encoder_unavailable"] says why."""
+    The VAE encoder (img2img) and the image encoder (image prompts) are optional: without a
+    usable vae_encoder engine, `Components.vae_encoder` is None and
+    info["vae_encoder_unavailable"] says why; likewise `image_encoder` and
+    info["image_encoder_unavailable"]. Both engines open on first use."""
     folder = exported_folder(model, text_encoder)
     manifest = read_manifest(folder)
     check_precision(precision)
@@ -86,18 +86,23 @@ def load_components(
     opened = {graph: open_engine(plan, graph) for graph in RUNTIME_GRAPHS}
     engines = {graph: engine for graph, (engine, _) in opened.items()}
     cached = {graph: entry for graph, (_, entry) in opened.items()}
-    vae_encoder, engine_or_reason = vae_encoder_component(plan)
+    vae_encoder, vae_engine_or_reason = vae_encoder_component(plan)
+    image_encoder, image_engine_or_reason = image_encoder_component(plan)
     info = components_info(plan, cached, variant)
-    if isinstance(engine_or_reason, CachedEngine):
-        info["engines"]["vae_encoder"] = str(engine_or_reason.engine_path)
-    else:
-        info["vae_encoder_unavailable"] = engine_or_reason
-    info["image_encoder_unavailable"] = NO_IMAGE_ENCODER
+    for graph, engine_or_reason in (
+        (ENCODER_GRAPH, vae_engine_or_reason),
+        (IMAGE_ENCODER_GRAPH, image_engine_or_reason),
+    ):
+        if isinstance(engine_or_reason, CachedEngine):
+            info["engines"][graph] = str(engine_or_reason.engine_path)
+        else:
+            info[f"{graph}_unavailable"] = engine_or_reason
     return Components(
         text_encoder=text_encoder_component(plan, engines["text_encoder"], cached),
         unet=TrtUNet(engines["unet"]),
         vae_decoder=TrtVAEDecoder(engines["vae_decoder"], str(folder)),
         vae_encoder=vae_encoder,
+        image_encoder=image_encoder,
         ops=TorchOps(torch_device, torch.float32),
         scheduler_config=dict(manifest.scheduler_config),
         latent_scaling=latent_scaling_from_manifest(manifest.latent_scaling),
@@ -161,22 +166,56 @@ def vae_encoder_component(plan: LoadPlan) -> tuple[TrtVAEEncoder | None, CachedE
     try:
         cached = select_engine(query, plan.environment)
     except EngineError as err:
-        return None, missing_encoder_reason(err, plan)
+        return None, missing_encoder_reason(err, plan, graph)
     engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
     return TrtVAEEncoder(engine, str(plan.folder), plan.manifest.vae_scale_factor), cached
 
 
-def missing_encoder_reason(err: EngineError, plan: LoadPlan) -> str:
-    """Why the encoder engine cannot be used: the selection's reason (never built, stale,
-    foreign, another precision), each with what to run; a missing encoder graph file first,
-    since a build skips the encoder without one."""
-    entry = plan.manifest.graphs.get(ENCODER_GRAPH)
+def missing_encoder_reason(err: EngineError, plan: LoadPlan, graph: str = ENCODER_GRAPH) -> str:
+    """Why an optional encoder's engine (`graph`: vae_encoder or image_encoder) cannot be used:
+    the selection's reason (never built, stale, foreign, another precision), each with what to
+    run; a missing graph file first, since a build skips the engine without one."""
+    entry = plan.manifest.graphs.get(graph)
     if entry is not None and not (plan.folder / entry.file).is_file():
         return (
             f"{plan.folder / entry.file} is missing, so 'sdxs-rt engine build' builds no "
-            f"{ENCODER_GRAPH} engine; export the model again with 'sdxs-rt export onnx'"
+            f"{graph} engine; export the model again with 'sdxs-rt export onnx'"
         )
     return str(err)
+
+
+def image_encoder_component(plan: LoadPlan) -> tuple[TrtImageEncoder | None, CachedEngine | str]:
+    """(the image-prompt encoder, its cached engine), or (None, why there is none).
+
+    As with the VAE encoder, the engine is chosen now and opened on the first image prompt
+    (`DeferredEngine`): text-to-image does not hold the vision tower's context. Images are
+    prepared as the manifest's `image_preprocessor` says, at the size the engine was built for;
+    its profile stays out of "engine_profile"."""
+    graph = IMAGE_ENCODER_GRAPH
+    manifest_path = plan.folder / MANIFEST_NAME
+    entry = plan.manifest.graphs.get(graph)
+    if entry is None:
+        return None, (
+            f"{manifest_path} lists no {graph} graph (an export made before it existed, or from "
+            "a text encoder without a vision tower); export the model again with 'sdxs-rt "
+            "export onnx' and run 'sdxs-rt engine build' to use image prompts"
+        )
+    try:
+        preprocessor = image_encoder_preprocessor(plan.folder, plan.manifest)
+    except ModelFormatError as err:
+        return None, (
+            f"{err}, so 'sdxs-rt engine build' builds no {graph} engine; export the model "
+            "again with 'sdxs-rt export onnx'"
+        )
+    recorded = plan.manifest.engines.get(graph)
+    query = EngineQuery(graph, entry.sha256, plan.precision, plan.folder, recorded)
+    try:
+        cached = select_engine(query, plan.environment)
+    except EngineError as err:
+        return None, missing_encoder_reason(err, plan, graph)
+    engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
+    width = plan.manifest.text_width
+    return TrtImageEncoder(engine, preprocessor, width, str(plan.folder)), cached
 
 
 def check_io_names(engine: TrtEngine, graph: str, plan: LoadPlan) -> None:

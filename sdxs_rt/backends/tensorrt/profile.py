@@ -2,6 +2,8 @@
 
 A TensorRT engine only runs the shapes of its optimization profile, so a request is checked
 against the profile before anything is generated, with a message that names the sizes covered.
+`engine_shapes` turns a build's profile into each graph's shapes: the VAE encoder gets the
+decoder's sizes, the image encoder its one image size (the manifest's `image_preprocessor`).
 """
 
 from __future__ import annotations
@@ -9,14 +11,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sdxs_rt.errors import SdxsError, UsageError
-from sdxs_rt.graphs import SizeProfile, read_manifest
+from sdxs_rt.errors import ModelFormatError, SdxsError, UsageError
+from sdxs_rt.graphs import (
+    IMAGE_ENCODER_GRAPH,
+    MANIFEST_NAME,
+    Manifest,
+    ShapeTriple,
+    SizeProfile,
+    graph_specs,
+    profile_shapes,
+    read_manifest,
+)
+
+if TYPE_CHECKING:
+    from sdxs_rt.image_preprocess import ImagePreprocessor
 
 SIZE_STEP = 64  # image sides are multiples of 64 (sdxs_rt.params)
 INFO_KEY = "engine_profile"  # Components.info[INFO_KEY]: the sizes the loaded engines cover
 ENCODER_GRAPH = "vae_encoder"  # optional (img2img); its engine has the decoder's sizes
+# Optional too (image prompts): its engine takes the one image size of the export's
+# image_preprocessor, batches 1..the build's max batch.
+OPTIONAL_GRAPHS = (ENCODER_GRAPH, IMAGE_ENCODER_GRAPH)  # built last; not in INFO_KEY
 
 
 def check_profile(profile: SizeProfile) -> SizeProfile:
@@ -119,11 +136,61 @@ def engine_sizes(model_dir: str | Path) -> str:
 
 
 def built_profiles(model_dir: str | Path) -> list[SizeProfile]:
-    """The profiles of the text-to-image engines the folder's manifest records (the VAE
-    encoder's, built alike, is left out as in the loader's INFO_KEY)."""
+    """The profiles of the text-to-image engines the folder's manifest records (the VAE and
+    image encoders', built with the same key profile, are left out as in the loader's INFO_KEY)."""
     engines = read_manifest(Path(model_dir)).engines
     return [
         profile_from_dict(e["profile"])
         for graph, e in engines.items()
-        if "profile" in e and graph != ENCODER_GRAPH
+        if "profile" in e and graph not in OPTIONAL_GRAPHS
     ]
+
+
+def engine_shapes(
+    folder: Path, manifest: Manifest, graph: str, profile: SizeProfile
+) -> dict[str, ShapeTriple]:
+    """min/opt/max shapes of one graph's engine in a build with `profile`.
+
+    The VAE encoder's follow from the build's sizes as the decoder's do, so it takes every image
+    the decoder makes. The image encoder takes one fixed image size (the manifest's
+    `image_preprocessor`: SigLIP resizes every image prompt to it) and batches 1 (the pipeline
+    encodes one image prompt at a time) up to the build's max batch.
+    """
+    if graph == IMAGE_ENCODER_GRAPH:
+        size = image_encoder_preprocessor(folder, manifest).size
+        spec = graph_specs(manifest.latent_channels, manifest.text_width, size)[graph]
+        return profile_shapes(spec, image_encoder_profile(profile), manifest.vae_scale_factor)
+    spec = graph_specs(manifest.latent_channels, manifest.text_width)[graph]
+    return profile_shapes(spec, profile, manifest.vae_scale_factor)
+
+
+def image_encoder_profile(profile: SizeProfile) -> SizeProfile:
+    """The batches of an image encoder engine: 1..the build's max batch, tuned for 1."""
+    return replace(profile, min_batch=1, opt_batch=1)
+
+
+def image_encoder_preprocessor(folder: Path, manifest: Manifest) -> ImagePreprocessor:
+    """How image prompts are prepared for the exported image_encoder graph: the manifest's
+    `image_preprocessor`, which must agree with the graph's recorded input size.
+    ModelFormatError says in one sentence why not."""
+    from sdxs_rt.image_preprocess import preprocessor_from_config  # numpy, Pillow: on use only
+
+    where = f"the image_preprocessor of {folder / MANIFEST_NAME}"
+    if not manifest.image_preprocessor:
+        raise ModelFormatError(
+            f"{folder / MANIFEST_NAME} has no image_preprocessor for its {IMAGE_ENCODER_GRAPH} "
+            "graph (the image size its engine takes)"
+        )
+    preprocessor = preprocessor_from_config(manifest.image_preprocessor, where)
+    entry = manifest.graphs.get(IMAGE_ENCODER_GRAPH)
+    if entry is None:
+        return preprocessor
+    recorded = [
+        list(t.get("shape") or [])[2:] for t in entry.inputs if t.get("name") == "pixel_values"
+    ]
+    if recorded and recorded[0] and recorded[0] != list(preprocessor.size):
+        raise ModelFormatError(
+            f"{folder / entry.file} takes {recorded[0]} images but {where} prepares them at "
+            f"{list(preprocessor.size)}"
+        )
+    return preprocessor
