@@ -101,7 +101,7 @@ class MainWindow(QMainWindow):
 
     def _make_panels(self) -> None:
         generation, run = self.states.generation, self.states.run
-        self.generation_panel = GenerationPanel(generation)
+        self.generation_panel = GenerationPanel(generation, self.states.model)
         self.model_panel = ModelPanel(self.states.model)
         self.run_buttons = RunButtons(generation, run)
         self.preview = PreviewView()

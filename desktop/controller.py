@@ -1,8 +1,9 @@
 """The controller: the one object the window talks to, living in the GUI thread.
 
 It validates before anything runs, hands jobs to the workers' threads, and turns their signals
-into state (`RunState`, `ModelState.engine_sizes`, `GenerationState.last_seed`) and into its own
-signals. None of its methods raises: a problem becomes `run.error` (one sentence) and `failed`.
+into state (`RunState`, `ModelState.engine_sizes` and `.image_encoder_unavailable`,
+`GenerationState.last_seed`) and into its own signals. None of its methods raises: a problem
+becomes `run.error` (one sentence) and `failed`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 from PySide6.QtGui import QImage
 from sdxs_rt_desktop.history import settings_from_png
+from sdxs_rt_desktop.prompt_check import check_prompt_syntax
 from sdxs_rt_desktop.state import GenerationState, ModelState, RunState, with_note
 from sdxs_rt_desktop.worker import (
     BuildRequest,
@@ -45,6 +47,16 @@ def load_request(model: ModelState) -> LoadRequest:
 def check_prompt(prompt: str) -> None:
     if not prompt.strip():
         raise UsageError("the prompt is empty; type what the image should show")
+
+
+def check_prompts(generation: GenerationState, model: ModelState) -> None:
+    """Before loading: an empty prompt, malformed syntax in either prompt, an `<image:N>` with no
+    such image prompt, and image prompts that the loaded model is known not to take."""
+    check_prompt(generation.prompt)
+    for text in (generation.prompt, generation.negative_prompt):
+        check_prompt_syntax(text, generation.image_prompts)
+    if generation.image_prompts and (error := model.image_prompt_error()):
+        raise UsageError(error)
 
 
 def has_fixed_sizes(backend: object) -> bool:
@@ -127,6 +139,7 @@ class Controller(QObject):
         worker = self._worker
         self._start_generation.connect(worker.run)
         worker.status.connect(self._on_status)
+        worker.warning.connect(self._on_warning)
         worker.loaded.connect(self._on_loaded)
         worker.progress.connect(self._on_progress)
         worker.preview.connect(self.preview_ready)
@@ -155,7 +168,7 @@ class Controller(QObject):
         self.generation.last_seed = job.params.seed
         self._cancel_requested = False
         total_steps = job.params.num_inference_steps * job.params.num_images
-        self.run.update(running=True, error="", step=0, total_steps=total_steps,
+        self.run.update(running=True, error="", warning="", step=0, total_steps=total_steps,
                         eta_seconds=0.0, status="Starting...")  # fmt: skip
         self._worker.prepare_run()
         self._start_generation.emit(job)
@@ -173,7 +186,7 @@ class Controller(QObject):
         generation = self.generation
         if error := generation.size_error():
             raise UsageError(error)
-        check_prompt(generation.prompt)
+        check_prompts(generation, self.model)
         seed = random_seed() if generation.random_seed else generation.seed
         params = generation.to_params(seed)
         check_folder_writable(self.history_dir)
@@ -227,10 +240,15 @@ class Controller(QObject):
     def _on_status(self, text: str) -> None:
         self.run.status = text
 
+    @Slot(str)
+    def _on_warning(self, text: str) -> None:
+        self.run.warning = text
+
     @Slot(object)
     def _on_loaded(self, info: dict[str, Any]) -> None:
         profile = info.get("engine_profile") if has_fixed_sizes(info.get("backend")) else None
         self.model.engine_sizes = str((profile or {}).get("description", ""))
+        self.model.image_encoder_unavailable = str(info.get("image_encoder_unavailable") or "")
 
     @Slot(object)
     def _on_progress(self, progress: Progress) -> None:

@@ -23,11 +23,12 @@ from sdxs_rt.metadata import ImageRecord, png_info, read_metadata
 
 # ImageRecord fields with a plain type, so that a damaged or foreign chunk restores what it can.
 # The image-input fields are optional (None: no such input); `init_image` and `mask` are digest
-# dicts, kept so that "Reuse all" can say that the input itself is not restored.
+# dicts, and `image_prompts` a list of them, kept so that "Reuse all" can say that the inputs
+# themselves are not restored.
 PLAIN_TYPES: dict[str, type] = {
     "str": str, "int": int, "float": float, "str | None": str, "int | None": int,
     "float | None": float, "bool | None": bool, "list[int] | None": list,
-    "dict[str, Any] | None": dict,
+    "dict[str, Any] | None": dict, "list[dict[str, Any]] | None": list,
 }  # fmt: skip
 FIELD_TYPES: dict[str, type] = {
     f.name: PLAIN_TYPES[str(f.type)] for f in fields(ImageRecord) if str(f.type) in PLAIN_TYPES

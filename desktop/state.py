@@ -10,6 +10,7 @@ from contextlib import suppress
 from typing import Any, ClassVar
 
 from PySide6.QtCore import Property, QObject, QSettings, Signal
+from sdxs_rt_desktop.image_prompts import image_prompt_entries, not_restored_note
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.params import GenerationParams, check_size
@@ -137,10 +138,12 @@ class GenerationState(StateObject):
         "outpaint_bottom": 0,
         "variation_seed": 0,
         "variation_strength": 0.0,  # 0: no variation
+        "image_prompts": (),  # ((path, weight), ...): through the vision tower (image_prompts.py)
     }
     # The inputs of one session: a restart must not silently repaint last week's photo.
     SESSION_ONLY: ClassVar[frozenset[str]] = frozenset(
         {"init_image", "mask", *OUTPAINT_FIELDS, "variation_seed", "variation_strength"}
+        | {"image_prompts"}
     )
     prompt_changed = Signal(str)
     prompt = state_property("prompt", str, prompt_changed)
@@ -196,6 +199,10 @@ class GenerationState(StateObject):
     variation_seed = state_property("variation_seed", int, variation_seed_changed, INT64)
     variation_strength_changed = Signal(float)
     variation_strength = state_property("variation_strength", float, variation_strength_changed)
+    image_prompts_changed = Signal(object)
+    image_prompts = state_property(
+        "image_prompts", image_prompt_entries, image_prompts_changed, object
+    )
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -235,6 +242,7 @@ class GenerationState(StateObject):
             scheduler=self.scheduler or None,
             num_images=self.batch_count,
             batch_size=1,
+            image_prompts=self.image_prompts,
             **self._image_input_params(),
             **self._variation_params(),
         ).validate()
@@ -271,8 +279,9 @@ class GenerationState(StateObject):
     def apply_record(self, record: dict[str, Any]) -> str:
         """'Reuse all': take every field a PNG's metadata carries (our chunk or A1111 text).
 
-        The input image and mask are not stored in a record (only their digests), so they are
-        not restored: the note returned says so ("" when the image had no input image).
+        The input image, mask and image prompts are not stored in a record (only their
+        digests), so they are not restored: the note returned says so ("" when the image had
+        none). The prompts come back as they were typed (blends, schedules, emphasis and all).
         """
         mapping = {
             "prompt": "prompt",
@@ -288,9 +297,8 @@ class GenerationState(StateObject):
             self.reuse_seed(int(record["seed"]))
         self._apply_image_inputs(record)
         self._apply_variation(record)
-        if not record.get("init_image"):
-            return ""
-        return INPUTS_NOT_RESTORED if record.get("mask") else INPUT_NOT_RESTORED
+        notes = (input_not_restored_note(record), not_restored_note(record))
+        return "; ".join(note for note in notes if note)
 
     def _apply_image_inputs(self, record: dict[str, Any]) -> None:
         present = {k: record[k] for k in IMAGE_INPUT_RECORD_FIELDS if record.get(k) is not None}
@@ -309,6 +317,12 @@ class GenerationState(StateObject):
             self.variation_strength = 0.0
 
 
+def input_not_restored_note(record: dict[str, Any]) -> str:
+    if not record.get("init_image"):
+        return ""
+    return INPUTS_NOT_RESTORED if record.get("mask") else INPUT_NOT_RESTORED
+
+
 def with_note(status: str, note: str) -> str:
     """'Settings restored from a.png' + '; the input image is not restored ...'."""
     return f"{status}; {note}" if note else status
@@ -320,6 +334,10 @@ def outpaint_amounts(value: Any) -> tuple[int, int, int, int]:
         with suppress(TypeError, ValueError):
             return tuple(int(v) for v in value)  # type: ignore[return-value]
     return (0, 0, 0, 0)
+
+
+# ModelState fields that identify a loaded pipeline, in `worker.LoadRequest`'s order.
+LOAD_FIELDS = ("model", "text_encoder", "backend", "precision", "device", "low_vram", "revision")
 
 
 class ModelState(StateObject):
@@ -334,7 +352,11 @@ class ModelState(StateObject):
         "device": "cpu",
         "low_vram": False,  # PyTorch: the small-card mode (Pipeline backend option low_vram)
         "engine_sizes": "",  # TensorRT: the sizes the engines cover, shown before Generate
+        # Why the loaded model cannot take image prompts (its pipeline info), "" when it can or
+        # before it is loaded; cleared when the choice of model changes.
+        "image_encoder_unavailable": "",
     }
+    SESSION_ONLY: ClassVar[frozenset[str]] = frozenset({"image_encoder_unavailable"})
     model_changed = Signal(str)
     model = state_property("model", str, model_changed)
     revision_changed = Signal(str)
@@ -351,19 +373,27 @@ class ModelState(StateObject):
     low_vram = state_property("low_vram", bool, low_vram_changed)
     engine_sizes_changed = Signal(str)
     engine_sizes = state_property("engine_sizes", str, engine_sizes_changed)
+    image_encoder_unavailable_changed = Signal(str)
+    image_encoder_unavailable = state_property(
+        "image_encoder_unavailable", str, image_encoder_unavailable_changed
+    )
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        for name in LOAD_FIELDS:  # what the loaded model could do is known again at its load
+            getattr(self, notify_name(name)).connect(
+                lambda *_: setattr(self, "image_encoder_unavailable", "")
+            )
+
+    def image_prompt_error(self) -> str:
+        """'' when image prompts may work, else the library's sentence saying why not."""
+        reason = self.image_encoder_unavailable
+        return f"image prompts cannot be used: {reason}" if reason else ""
 
     def key(self) -> tuple[str | bool, ...]:
         """What identifies a loaded pipeline (`worker.LoadRequest`'s fields, in order): a change
         means loading again."""
-        return (
-            self.model,
-            self.text_encoder,
-            self.backend,
-            self.precision,
-            self.device,
-            self.low_vram,
-            self.revision,
-        )
+        return tuple(getattr(self, name) for name in LOAD_FIELDS)
 
     def apply_record(self, record: dict[str, Any]) -> None:
         """'Reuse all': the image's hub revision, when its model is the one chosen now (a
@@ -382,6 +412,7 @@ class RunState(StateObject):
         "eta_seconds": 0.0,
         "status": "Ready",
         "error": "",
+        "warning": "",  # the library's warnings about this run (emphasis stripped), one line
         "gpu_info": "",
     }
     running_changed = Signal(bool)
@@ -396,6 +427,8 @@ class RunState(StateObject):
     status = state_property("status", str, status_changed)
     error_changed = Signal(str)
     error = state_property("error", str, error_changed)
+    warning_changed = Signal(str)
+    warning = state_property("warning", str, warning_changed)
     gpu_info_changed = Signal(str)
     gpu_info = state_property("gpu_info", str, gpu_info_changed)
 

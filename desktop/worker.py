@@ -13,6 +13,7 @@ import logging
 import statistics
 import sys
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -173,6 +174,7 @@ class GenerationWorker(QObject):
     """Runs generation jobs in its thread; see the module docstring."""
 
     status = Signal(str)  # "Loading model...", "Fitting the preview..."
+    warning = Signal(str)  # the library's warnings about a run's request, once per run
     loaded = Signal(object)  # the pipeline's info dict, after each (re)load
     progress = Signal(object)  # Progress, after every step
     preview = Signal(QImage)  # every `preview_every` steps
@@ -227,11 +229,24 @@ class GenerationWorker(QObject):
         pipe, previewer = self._pipeline(job.load)
         if self._cancel.is_set():
             return True
-        plan = pipe.plan(job.params)  # the request resolved once: seeds, sizes, inputs
+        plan = self._plan(pipe, job.params)  # the request resolved once: seeds, sizes, inputs
         check_engine_covers(pipe, plan.params)
         preview_every = self._prepare_previews(previewer, job.preview_every)
         self.status.emit("Generating...")
         return self._drain(pipe, previewer, job, plan, preview_every)
+
+    def _plan(self, pipe: Pipeline, params: GenerationParams) -> GenerationPlan:
+        """`pipe.plan`, its warnings (emphasis stripped, a prompt kept as written) sent on as one
+        line for the window and logged, instead of printed on the console only."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = pipe.plan(params)
+        messages = user_warnings(caught)
+        for message in messages:
+            logger.warning("%s", message)
+        if messages:
+            self.warning.emit("; ".join(messages))
+        return plan
 
     def _prepare_previews(self, previewer: LatentPreviewer, every: int) -> int:
         """Fit the preview map once per VAE (then cached); a failed fit only turns previews off."""
@@ -296,6 +311,13 @@ class GenerationWorker(QObject):
         counter.add_image(event)
         self.image.emit(ResultItem(path, event.seed, record, pil_to_qimage(event.image)))
         self.gpu_info.emit(gpu_summary(pipe.info))
+
+
+def user_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The distinct UserWarning messages among `caught`, in order (library warnings to users;
+    deprecations and the like stay out of the window)."""
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    return list(dict.fromkeys(messages))
 
 
 def check_engine_covers(pipe: Pipeline, params: GenerationParams) -> None:

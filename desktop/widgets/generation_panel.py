@@ -1,5 +1,6 @@
-"""The generation panel: prompts, seed and variation, steps, guidance, scheduler, size, batch
-count, and the image input section (`image_input.py`)."""
+"""The generation panel: prompts (with their syntax feedback, `prompt_feedback.py`), image prompts
+(`image_prompts.py`), seed and variation, steps, guidance, scheduler, size, batch count, and the
+image input section (`image_input.py`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
     QWidget,
 )
-from sdxs_rt_desktop.state import ASPECT_BUCKETS, GenerationState
+from sdxs_rt_desktop.state import ASPECT_BUCKETS, GenerationState, ModelState
 from sdxs_rt_desktop.widgets.binding import (
     bind_check_box,
     bind_combo_data,
@@ -30,6 +31,8 @@ from sdxs_rt_desktop.widgets.binding import (
     follow_any,
 )
 from sdxs_rt_desktop.widgets.image_input import ImageInputPanel
+from sdxs_rt_desktop.widgets.image_prompts import ImagePromptsPanel
+from sdxs_rt_desktop.widgets.prompt_feedback import PromptFeedback
 from sdxs_rt_desktop.widgets.text import ERROR_STYLE, as_sentence
 
 from sdxs_rt.params import MAX_SIDE, SIZE_STEP
@@ -83,12 +86,23 @@ class GenerationPanel(QGroupBox):
 
     reuse_last_seed_requested = Signal()
 
-    def __init__(self, generation: GenerationState, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        generation: GenerationState,
+        model: ModelState | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__("Generation", parent)
         self.generation = generation
         form = QFormLayout(self)
         form.addRow("Prompt", self._make_prompts())
+        self.prompt_feedback = PromptFeedback(generation, "prompt")
+        form.addRow("", self.prompt_feedback)
         form.addRow("Negative", self.negative_edit)
+        self.negative_feedback = PromptFeedback(generation, "negative_prompt")
+        form.addRow("", self.negative_feedback)
+        self.image_prompts = ImagePromptsPanel(generation, model)
+        form.addRow(self.image_prompts)
         form.addRow("Seed", self._make_seed_row())
         form.addRow("Variation", self._make_variation_row())
         form.addRow("Steps", self._make_steps())
@@ -104,7 +118,9 @@ class GenerationPanel(QGroupBox):
 
     def _make_prompts(self) -> QPlainTextEdit:
         self.prompt_edit = QPlainTextEdit()
-        self.prompt_edit.setPlaceholderText("What to draw")
+        self.prompt_edit.setPlaceholderText(
+            "What to draw; blends 'cat::2 dog::1', schedules '[red:blue:0.5]', '[a|b]'"
+        )
         self.prompt_edit.setFixedHeight(84)
         bind_plain_text(self.generation, "prompt", self.prompt_edit)
         self.negative_edit = QPlainTextEdit()

@@ -1,11 +1,12 @@
-"""Feedback: the progress bar with step count and ETA, status line, error line, GPU line."""
+"""Feedback: the progress bar with step count and ETA, status line (and the library's warning
+about the run under it), error line, GPU line."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 from sdxs_rt_desktop.state import RunState
 from sdxs_rt_desktop.widgets.binding import follow, follow_any
-from sdxs_rt_desktop.widgets.text import ERROR_STYLE, as_sentence
+from sdxs_rt_desktop.widgets.text import ERROR_STYLE, WARNING_STYLE, as_sentence
 
 PROGRESS_FIELDS = ("running", "step", "total_steps", "eta_seconds")
 
@@ -37,6 +38,9 @@ class ProgressPanel(QWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(True)
         self.status_label = QLabel()
+        self.warning_label = QLabel()
+        self.warning_label.setStyleSheet(WARNING_STYLE)
+        self.warning_label.setWordWrap(True)
         self.error_label = QLabel()
         self.error_label.setStyleSheet(ERROR_STYLE)
         self.error_label.setWordWrap(True)
@@ -45,13 +49,15 @@ class ProgressPanel(QWidget):
         self._lay_out()
         follow_any([(run, name) for name in PROGRESS_FIELDS], self._show_progress)
         follow(run, "status", self.status_label.setText)
+        follow(run, "warning", self._show_warning)
         follow(run, "error", self._show_error)
         follow(run, "gpu_info", self._show_gpu)
 
     def _lay_out(self) -> None:
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        for widget in (self.progress_bar, self.status_label, self.error_label, self.gpu_label):
+        labels = (self.status_label, self.warning_label, self.error_label, self.gpu_label)
+        for widget in (self.progress_bar, *labels):
             layout.addWidget(widget)
 
     def _show_progress(self) -> None:
@@ -60,6 +66,10 @@ class ProgressPanel(QWidget):
         self.progress_bar.setValue(min(self.run.step, total))
         text = progress_text(self.run)
         self.progress_bar.setFormat(text or ("" if self.run.running else "idle"))
+
+    def _show_warning(self, warning: str) -> None:
+        self.warning_label.setText(as_sentence(warning))
+        self.warning_label.setVisible(bool(warning))
 
     def _show_error(self, error: str) -> None:
         self.error_label.setText(as_sentence(error))

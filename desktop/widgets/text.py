@@ -1,8 +1,10 @@
-"""How messages look: one sentence, errors in red."""
+"""How messages look: one sentence, errors in red, warnings in amber, hints in grey."""
 
 from __future__ import annotations
 
 ERROR_STYLE = "color: #c62828;"
+WARNING_STYLE = "color: #9a6700;"  # what the library warns about; the run goes on
+HINT_STYLE = "color: palette(mid);"
 
 
 def as_sentence(text: str) -> str:
