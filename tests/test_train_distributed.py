@@ -174,6 +174,11 @@ def test_fsdp2_lora_saves_the_whole_adapter(tiny_model: Path, data: Path, tmp_pa
     assert {k: tuple(v.shape) for k, v in saved.items()} == {
         k: tuple(v.shape) for k, v in fresh.items()
     }
-    # B starts at zero: the saved (averaged) B matrices moved, so they came from training
+    # B starts at zero: the saved (averaged) B matrices moved, so they came from training.
+    # Except the query/key of an attention over ONE token (self-attention on the 1x1 grid of
+    # the deepest level at 64 px; the single-token cross-attention): softmax over one key is
+    # 1 whatever q.k is, so their gradient is exactly zero and their B stays zero.
     ups = [k for k in saved if k.startswith(PREFIX) and "lora_B" in k]
-    assert ups and all(saved[k].abs().max() > 0 for k in ups)
+    still = [k for k in ups if saved[k].abs().max() == 0]
+    assert ups and len(still) < len(ups) // 4, still
+    assert all(".to_q." in k or ".to_k." in k for k in still), still
