@@ -118,6 +118,31 @@ def condition_at(conditions: Sequence[Condition], step: int) -> Array:
     return conditions[-1].vector
 
 
+def interpolate_conditions(
+    a: Sequence[Condition],
+    b: Sequence[Condition],
+    t: float,
+    mix: Callable[[Array, Array, float], Array],
+) -> list[Condition]:
+    """A latent walk's frame: `mix(a's vector, b's vector, t)` at every step (the pipeline mixes
+    by slerp), one condition per run of steps where neither schedule switches. t = 0 and t = 1
+    keep a's and b's own vectors, and a vector both share (the same cached part) stays as it is,
+    so those images equal the keyframes' own."""
+    if t == 0:
+        return list(a)
+    if t == 1:
+        return list(b)
+    mixed: dict[tuple[int, int], Array] = {}
+    conditions = []
+    for end in sorted({condition.until_step for condition in (*a, *b)}):
+        low, high = condition_at(a, end), condition_at(b, end)
+        key = (id(low), id(high))  # both alive in `a` and `b`: ids stay unique
+        if key not in mixed:
+            mixed[key] = low if low is high else mix(low, high, t)
+        conditions.append(Condition(end, mixed[key]))
+    return conditions
+
+
 def resolve_image_names(program: PromptProgram, images: Mapping[str, ImagePromptRef]) -> None:
     """Refuse `<image:NAME>` that names no image prompt, before anything is encoded."""
     for part in program.parts:

@@ -17,6 +17,8 @@ Labels, A1111's own first (its names and value formats), then ours:
   Outpaint           ours: "LEFT,RIGHT,TOP,BOTTOM" pixels, as the --outpaint flag takes them
   Paste back         ours: True/False, only with a mask (A1111 always pastes back)
   Lora hashes        A1111's ("name: hash, ..."); LoRA ("name: scale, ...") ours
+  Walk prompt, Walk negative prompt, Walk t    ours, a latent walk's frame (sdxs_rt.walk):
+                     the keyframe it moves towards and how far (the prompt stays as typed)
 A1111's other inpainting labels are left out on purpose: sdxs-rt always inpaints the whole
 picture from the original content, which is what A1111 means when it writes no `Inpaint area`,
 `Masked content` or `Mask mode`. The inputs' digests live in the `sdxs_rt` chunk only: A1111's
@@ -240,6 +242,14 @@ LABELS: tuple[Label, ...] = (
     Label("Paste back", lambda r: r.paste_back, _boolean("paste_back")),
     Label("Lora hashes", _lora_hashes),
     Label("LoRA", _lora_scales),
+    # A latent walk's frame: the prompt (and negative) it moves towards, and how far.
+    Label("Walk prompt", lambda r: r.walk_prompt, lambda v: {"walk_prompt": v}),
+    Label(
+        "Walk negative prompt",
+        lambda r: r.walk_negative_prompt,
+        lambda v: {"walk_negative_prompt": v},
+    ),
+    Label("Walk t", lambda r: r.walk_t, _fraction("walk_t")),
 )
 LABELS_BY_NAME = {entry.label: entry for entry in LABELS}
 assert len(LABELS_BY_NAME) == len(LABELS), "each label appears once"

@@ -75,6 +75,12 @@ class ImageRecord:
     prompt_parts: list[dict[str, Any]] | None = None
     negative_parts: list[dict[str, Any]] | None = None
     image_prompts: list[dict[str, Any]] | None = None
+    # A latent walk's frame (sdxs_rt.walk; None otherwise): the target keyframe's prompt,
+    # negative prompt and image prompts (as `image_prompts`), and how far towards it (t).
+    walk_prompt: str | None = None
+    walk_negative_prompt: str | None = None
+    walk_image_prompts: list[dict[str, Any]] | None = None
+    walk_t: float | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -157,6 +163,7 @@ def make_record(pipe: RecordSource, plan: GenerationPlan, index: int) -> ImageRe
         **_variation_fields(plan, index),
         **_hires_fields(plan),
         **_prompt_fields(plan),
+        **_walk_fields(plan),
     )
 
 
@@ -173,6 +180,21 @@ def _prompt_fields(plan: GenerationPlan) -> dict[str, Any]:
             {**image.digest.as_dict(), "weight": image.weight} for image in prompts.image_prompts
         ]
     return fields
+
+
+def _walk_fields(plan: GenerationPlan) -> dict[str, Any]:
+    walk, target = plan.walk, plan.params.walk_to
+    if walk is None or target is None:
+        return {}
+    images = [
+        {**image.digest.as_dict(), "weight": image.weight} for image in walk.prompts.image_prompts
+    ]
+    return {
+        "walk_prompt": target.prompt,
+        "walk_negative_prompt": target.negative_prompt,
+        "walk_image_prompts": images or None,
+        "walk_t": walk.t,
+    }
 
 
 def _part(part: BlendPart) -> dict[str, Any]:

@@ -21,6 +21,22 @@ MAX_SIDE = 4096  # 4096 px is already ~50x the trained area; larger is a typo, n
 
 
 @dataclass(frozen=True)
+class WalkTarget:
+    """The keyframe a latent-walk frame moves towards (sdxs_rt.walk).
+
+    The frame's condition vectors, the prompt's and the negative's, are the spherical
+    interpolation from the request's own (t = 0) to this target's (t = 1), each computed by the
+    same conditioning code (blends, schedules, image prompts). The noise moves with the
+    request's variation seed and strength, which a walk sets to the target's seed and `t`.
+    """
+
+    prompt: str
+    t: float
+    negative_prompt: str = ""
+    image_prompts: tuple[tuple[ImageInput, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationParams:
     prompt: str
     negative_prompt: str = ""
@@ -56,6 +72,8 @@ class GenerationParams:
     # Image prompts through the vision tower, each (image, weight): blend parts beside the
     # prompt's own (sdxs_rt.conditioning); `<image:N>` in the prompt places the N-th.
     image_prompts: tuple[tuple[ImageInput, float], ...] = ()
+    # A latent walk's frame (sdxs_rt.walk): the conditions slerped towards another keyframe's.
+    walk_to: WalkTarget | None = None
 
     def validate(self) -> GenerationParams:
         for name, value in (("width", self.width), ("height", self.height)):
@@ -72,6 +90,7 @@ class GenerationParams:
         check_variation(self.variation_seed, self.variation_strength, self.num_images)
         check_hires(self)
         check_image_prompts(self.image_prompts)
+        check_walk_to(self.walk_to)
         return self
 
 
@@ -89,6 +108,18 @@ def check_image_options(params: GenerationParams) -> None:
     blur = params.mask_blur
     if not isinstance(blur, int) or isinstance(blur, bool) or blur < 0:
         raise UsageError(f"mask blur must be a whole number of pixels >= 0, got {blur!r}")
+
+
+def check_walk_to(target: object) -> None:
+    if target is None:
+        return
+    if not isinstance(target, WalkTarget):
+        raise UsageError(f"walk_to must be a WalkTarget, got {target!r}")
+    if not isinstance(target.prompt, str) or not isinstance(target.negative_prompt, str):
+        raise UsageError("the walk target's prompt and negative prompt must be strings")
+    if not (_is_number(target.t) and 0 <= target.t <= 1):
+        raise UsageError(f"walk t must be a number in [0, 1], got {target.t!r}")
+    check_image_prompts(target.image_prompts)
 
 
 def check_image_prompts(image_prompts: object) -> None:

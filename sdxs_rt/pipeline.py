@@ -26,7 +26,13 @@ from sdxs_rt.components import (
     LatentScaling,
     require_image_encoder,
 )
-from sdxs_rt.conditioning import Condition, PartCache, condition_at, condition_schedule
+from sdxs_rt.conditioning import (
+    Condition,
+    PartCache,
+    condition_at,
+    condition_schedule,
+    interpolate_conditions,
+)
 from sdxs_rt.errors import UsageError
 from sdxs_rt.guidance import ScheduledGuidance
 from sdxs_rt.hub import check_revision
@@ -42,7 +48,7 @@ from sdxs_rt.plan import (
     make_plan,
 )
 from sdxs_rt.prompt_syntax import WeightedPart, parse_prompt
-from sdxs_rt.rng import BatchNoise
+from sdxs_rt.rng import BatchNoise, slerp
 from sdxs_rt.sampler_schedule import SamplerSchedule
 from sdxs_rt.samplers import sample
 from sdxs_rt.scheduler_table import scheduler_for_config
@@ -242,18 +248,31 @@ class Pipeline:
                 return
 
     def _conditions(self, plan: GenerationPlan, steps: int) -> _Conditions:
-        """The prompt's (and the negative's) condition vectors over a pass of `steps` steps."""
+        """The prompt's (and the negative's) condition vectors over a pass of `steps` steps;
+        for a latent walk's frame, slerped towards the target keyframe's (sdxs_rt.walk)."""
         params = plan.params
         prompts = plan.prompts or PromptPlan(
             parse_prompt(params.prompt), parse_prompt(params.negative_prompt)
         )
+        conditions = self._prompt_conditions(prompts, steps, params.guidance_scale)
+        if plan.walk is None:
+            return conditions
+        target = self._prompt_conditions(plan.walk.prompts, steps, params.guidance_scale)
+        return conditions.toward(target, plan.walk.t, self._slerp)
+
+    def _prompt_conditions(self, prompts: PromptPlan, steps: int, guidance: float) -> _Conditions:
         images = {name: image for image in prompts.image_prompts for name in image.names}
         encode = partial(self.encode_part, images)
         cond = condition_schedule(prompts.prompt, steps, prompts.refs, encode)
         uncond = None
-        if params.guidance_scale > 1.0:  # at <= 1 only the conditional branch runs
+        if guidance > 1.0:  # at <= 1 only the conditional branch runs
             uncond = condition_schedule(prompts.negative, steps, (), encode)
         return _Conditions(cond, uncond)
+
+    def _slerp(self, low: Array, high: Array, t: float) -> Array:
+        """Spherical interpolation of two condition vectors, on the host in float64 (rng.slerp)."""
+        ops = self.components.ops
+        return ops.from_host(slerp(ops.to_host(low), ops.to_host(high), t))
 
     def encode_part(self, images: Mapping[str, ImagePrompt], part: WeightedPart) -> Array:
         """One blend part's vector (1, D), from the cache when it was encoded before."""
@@ -387,6 +406,13 @@ class _Conditions:
     def at(self, step: int) -> tuple[Array, Array | None]:
         uncond = None if self.uncond is None else condition_at(self.uncond, step)
         return condition_at(self.cond, step), uncond
+
+    def toward(self, other: _Conditions, t: float, mix: Any) -> _Conditions:
+        """Each vector mixed with `other`'s at `t`: a latent walk's frame."""
+        cond = interpolate_conditions(self.cond, other.cond, t, mix)
+        if self.uncond is None or other.uncond is None:
+            return _Conditions(cond, None)
+        return _Conditions(cond, interpolate_conditions(self.uncond, other.uncond, t, mix))
 
 
 @dataclass(frozen=True)

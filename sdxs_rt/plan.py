@@ -100,6 +100,14 @@ class PromptPlan:
 
 
 @dataclass(frozen=True)
+class WalkPlan:
+    """A latent-walk frame's target keyframe, parsed: its prompts and image prompts, and `t`."""
+
+    prompts: PromptPlan
+    t: float
+
+
+@dataclass(frozen=True)
 class HiresPass:
     """The second pass of a hires fix: img2img of the upscaled first image at `size`."""
 
@@ -122,6 +130,7 @@ class GenerationPlan:
     inputs: ImageInputs | None
     hires: HiresPass | None = None
     prompts: PromptPlan | None = None  # None: a plan made by hand, the prompt taken as plain
+    walk: WalkPlan | None = None  # a latent walk's frame: the conditions slerped towards these
 
     @property
     def scheduler(self) -> str:
@@ -176,6 +185,7 @@ def make_plan(params: GenerationParams, model: ModelFacts) -> GenerationPlan:
         inputs=None if init is None else _image_inputs(params, init),
         hires=None if params.hires_scale is None else _hires_pass(params, model),
         prompts=prompt_plan(params),
+        walk=walk_plan(params),
     )
 
 
@@ -197,6 +207,21 @@ def prompt_plan(params: GenerationParams) -> PromptPlan:
             stacklevel=3,
         )
     return PromptPlan(prompt, negative, images)
+
+
+def walk_plan(params: GenerationParams) -> WalkPlan | None:
+    """The walk target's prompts, parsed and loaded like the request's own."""
+    target = params.walk_to
+    if target is None:
+        return None
+    other = replace(
+        params,
+        prompt=target.prompt,
+        negative_prompt=target.negative_prompt,
+        image_prompts=target.image_prompts,
+        walk_to=None,
+    )
+    return WalkPlan(prompt_plan(other), float(target.t))
 
 
 def _image_prompt(index: int, source: ImageInput, weight: float) -> ImagePrompt:

@@ -30,7 +30,7 @@ from sdxs_rt.backend_table import names_with
 from sdxs_rt.errors import ModelNotFoundError, UsageError
 from sdxs_rt.loading import DEFAULT_MODEL_NAME, file_sha256
 from sdxs_rt.metadata import SDXS_RT_KEY, ImageRecord, read_png_text
-from sdxs_rt.params import GenerationParams
+from sdxs_rt.params import GenerationParams, WalkTarget
 from sdxs_rt.pipeline import ImageEvent, Pipeline
 from sdxs_rt.rng import RNG_NAME
 
@@ -148,6 +148,7 @@ def prepare_replay(path: str | os.PathLike[str], options: ReplayOptions | None =
         mask=find_input(record.mask, "mask", folder),
     )
     params = replace(params, image_prompts=find_image_prompts(record, folder))
+    params = replace(params, walk_to=find_walk_target(record, folder))
     return ReplayJob(path, record, params, load_arguments(record, options, folder))
 
 
@@ -193,6 +194,23 @@ def find_image_prompts(record: ImageRecord, folder: Path) -> tuple[tuple[Path, f
         assert path is not None
         found.append((path, float(entry.get("weight", 1.0))))
     return tuple(found)
+
+
+def find_walk_target(record: ImageRecord, folder: Path) -> WalkTarget | None:
+    """A latent walk's frame: the keyframe it moves towards, its image prompts found by hash."""
+    if record.walk_t is None:
+        return None
+    images = []
+    for entry in record.walk_image_prompts or []:
+        path = find_input(entry, "walk target's image prompt", folder)
+        assert path is not None
+        images.append((path, float(entry.get("weight", 1.0))))
+    return WalkTarget(
+        prompt=record.walk_prompt or "",
+        t=float(record.walk_t),
+        negative_prompt=record.walk_negative_prompt or "",
+        image_prompts=tuple(images),
+    )
 
 
 def find_input(digest: dict[str, Any] | None, what: str, folder: Path) -> Path | None:

@@ -344,6 +344,9 @@ def test_each_label_appears_once_and_every_field_label_reads_back() -> None:
         hires_scale=2.0,
         hires_steps=12,
         hires_upscaler="latent",
+        walk_prompt="a blue circle, on white",
+        walk_negative_prompt="blurry",
+        walk_t=0.25,
     )
     written = dict(parameter_items(record))
     for entry in LABELS:
