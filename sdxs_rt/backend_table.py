@@ -38,7 +38,7 @@ class Backend:
     exported: bool  # True: a folder written by 'sdxs-rt export onnx'; False: diffusers/hub id
     vae_encoder: Availability  # img2img, the pixel hires fix
     # image prompts (the text encoder's vision tower): "when_exported" also needs the export's
-    # image_encoder/ graph (TensorRT builds no engine for it yet: unavailable there)
+    # image_encoder/ graph (TensorRT: and the image_encoder engine 'engine build' makes from it)
     image_prompts: Availability
     runtime_lora: bool = False  # merges LoRA files at load time (`loras=`)
     low_vram: bool = False  # the small-card mode (`low_vram=True`)
