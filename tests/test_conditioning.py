@@ -206,3 +206,19 @@ def test_json_output_names_the_blend(tmp_path: Path, capsys: pytest.CaptureFixtu
     row = json.loads(capsys.readouterr().out)
     assert row["prompt"] == f"{RED}::1 {BLUE}::1"
     assert measure(Image.open(tmp_path / "b.png")) is not None
+
+
+def test_image_prompts_and_blends_on_onnx_runtime_match_torch(
+    tiny_model: Path, exported_tiny_fp32: Path
+) -> None:
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    options = {
+        "seed": 2, "num_inference_steps": 3, "width": 64, "height": 64,
+        "image_prompts": [(image, 0.7)], "scheduler": "euler",
+    }  # fmt: skip
+    prompt = "a [cat:dog:0.5]::2 a hat::1"
+    torch_image = Pipeline.from_pretrained(str(tiny_model))(prompt, **options).images[0]
+    onnx_pipe = Pipeline.from_pretrained(str(exported_tiny_fp32), backend="onnx")
+    onnx_image = onnx_pipe(prompt, **options).images[0]
+    difference = np.abs(np.asarray(torch_image, np.int64) - np.asarray(onnx_image, np.int64))
+    assert difference.max() <= 2, difference.max()
