@@ -130,7 +130,7 @@ def test_a_syntax_error_shows_while_typing_and_goes_when_fixed(window, qtbot):
     assert feedback.error_label.isHidden()
 
 
-def test_hints_name_a_blend_a_schedule_and_stripped_emphasis(window, qtbot):
+def test_hints_name_a_blend_a_schedule_and_stripped_emphasis(window, qtbot, red):
     feedback = window.generation_panel.prompt_feedback
     window.states.generation.steps = 40
     type_prompt(qtbot, window, "cat::2 dog::1")
@@ -139,6 +139,8 @@ def test_hints_name_a_blend_a_schedule_and_stripped_emphasis(window, qtbot):
     qtbot.waitUntil(lambda: "switches after step 20 of 40" in feedback.hint, timeout=WAIT)
     window.states.generation.steps = 10  # the steps count too
     qtbot.waitUntil(lambda: "after step 5 of 10" in feedback.hint, timeout=WAIT)
+    window.states.generation.update(init_image=str(red), strength=0.6)  # img2img runs 6 of them
+    qtbot.waitUntil(lambda: "after step 3 of 6" in feedback.hint, timeout=WAIT)
     type_prompt(qtbot, window, "a (red:1.3) circle")
     qtbot.waitUntil(lambda: "emphasis" in feedback.hint, timeout=WAIT)
     type_prompt(qtbot, window, "a red circle")
