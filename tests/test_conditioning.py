@@ -222,3 +222,18 @@ def test_image_prompts_and_blends_on_onnx_runtime_match_torch(
     onnx_image = onnx_pipe(prompt, **options).images[0]
     difference = np.abs(np.asarray(torch_image, np.int64) - np.asarray(onnx_image, np.int64))
     assert difference.max() <= 2, difference.max()
+
+
+def test_a_blend_with_a_schedule_replays_identical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "blend.png"
+    prompt = "a [red:blue:0.5] circle on a white background::2 a yellow circle::1"
+    argv = ["generate", prompt, "-n", "a green square::1", "--steps", "6", "--seed", "8"]
+    assert main([*argv, "-o", str(out)]) == 0
+    _, record = read_metadata(out)
+    assert record is not None and record["prompt"] == prompt
+    assert [part["weight"] for part in record["prompt_parts"]] == [2.0, 1.0]
+    capsys.readouterr()
+    assert main(["info", str(out), "--replay"]) == 0
+    assert capsys.readouterr().out.startswith("replay: identical")
