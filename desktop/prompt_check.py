@@ -16,7 +16,7 @@ from sdxs_rt_desktop.image_prompts import ImagePromptEntry, image_names
 from sdxs_rt.errors import UsageError
 from sdxs_rt.prompt_syntax import PromptProgram, parse_prompt
 
-EMPHASIS_HINT = "emphasis such as (word:1.3) is removed, keeping the words (one pooled vector)"
+EMPHASIS_HINT = "emphasis such as (word:1.3) will be removed, keeping the words"
 MAX_LISTED_SWITCHES = 4
 
 

@@ -237,7 +237,9 @@ class GenerationWorker(QObject):
 
     def _plan(self, pipe: Pipeline, params: GenerationParams) -> GenerationPlan:
         """`pipe.plan`, its warnings (emphasis stripped, a prompt kept as written) sent on as one
-        line for the window and logged, instead of printed on the console only."""
+        line for the window and logged, instead of printed on the console only. The warnings
+        filters are process-wide: for this short call a warning from another thread is caught
+        here too (and shown), never lost."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             plan = pipe.plan(params)
