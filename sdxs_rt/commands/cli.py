@@ -28,6 +28,7 @@ from sdxs_rt.errors import (
 # command name -> its module, in the order `sdxs-rt --help` lists them
 COMMANDS = {
     "generate": "sdxs_rt.commands.generate",
+    "walk": "sdxs_rt.commands.walk",
     "info": "sdxs_rt.commands.info",
     "check": "sdxs_rt.commands.check",
     "export": "sdxs_rt.commands.export",

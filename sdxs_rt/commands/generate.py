@@ -113,77 +113,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         help="sampler (default: the model's own scheduler)",
     )
-    p.add_argument(
-        "--backend",
-        choices=BACKEND_NAMES,
-        default=DEFAULT_BACKEND,
-        help=f"{DEFAULT_BACKEND} (default); {' or '.join(names_with('exported'))} take a folder "
-        "written by 'sdxs-rt export onnx'",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help=f"cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml ({device_defaults()})",
-    )
-    p.add_argument(
-        "--precision",
-        choices=ALL_PRECISIONS,
-        default=None,
-        help=f"default: {precision_defaults()}",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="diffusers-format folder or hub id (default: the built-in tiny model)",
-    )
-    p.add_argument(
-        "--variant", choices=("fp16",), default=None, help="load the model card's fp16 weight files"
-    )
-    p.add_argument(
-        "--revision",
-        default=None,
-        metavar="REV",
-        help="hub revision (branch, tag or commit) of --model; pin a commit for reproducible runs",
-    )
-    p.add_argument(
-        "--text-encoder",
-        default=None,
-        help="text encoder folder or hub id (default: the model's own, "
-        "else visheratin/mexma-siglip)",
-    )
-    p.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="load the text encoder with its own Python code from the hub; this RUNS "
-        "CODE DOWNLOADED FROM THE HUB on your machine (default: the native loader)",
-    )
-    p.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="torch on CUDA: capture the U-Net step as a CUDA graph per shape",
-    )
-    p.add_argument(
-        "--compile",
-        default=None,
-        metavar="MODE",
-        help="torch: torch.compile the U-Net (default, reduce-overhead, max-autotune, "
-        "max-autotune-no-cudagraphs)",
-    )
-    p.add_argument(
-        "--channels-last", action="store_true", help="torch: channels-last memory format"
-    )
-    p.add_argument(
-        "--offload-text-encoder",
-        action="store_true",
-        help="torch: keep the text encoder on the CPU except while encoding a new prompt",
-    )
-    p.add_argument(
-        "--low-vram",
-        action="store_true",
-        help="torch: for small cards (about 6 GB at 576x576 in fp16, estimated): the U-Net stays "
-        "on the GPU, the text encoder and VAE wait on the CPU between uses, the VAE decodes in "
-        "256-px tiles",
-    )
+    add_load_arguments(p)
     p.add_argument(
         "--preview-every",
         type=int,
@@ -199,14 +129,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="print one JSON object per image on stdout (logs go to stderr)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or log lines")
-    p.add_argument(
-        "--lora",
-        action="append",
-        default=[],
-        metavar="FILE[:SCALE]",
-        help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
-        "strength SCALE (default 1.0); repeatable",
-    )
     add_image_input_arguments(p)
     add_variation_arguments(p)
     add_hires_arguments(p)
@@ -218,6 +140,90 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="PATH[:WEIGHT]",
         help="an image as a blend part of the prompt, through the text encoder's vision tower "
         "(weight default 1; repeatable; <image:N> in the prompt places the N-th)",
+    )
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags `LoadOptions.from_args` reads: backend, device, precision, model, LoRAs and
+    the torch fast path (shared by the commands that load a model to draw, e.g. `walk`)."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        default=DEFAULT_BACKEND,
+        help=f"{DEFAULT_BACKEND} (default); {' or '.join(names_with('exported'))} take a folder "
+        "written by 'sdxs-rt export onnx'",
+    )
+    parser.add_argument(
+        "--device",
+        default=None,
+        help=f"cpu, cuda, cuda:N, mps or auto; onnx also tensorrt, dml ({device_defaults()})",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=ALL_PRECISIONS,
+        default=None,
+        help=f"default: {precision_defaults()}",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="diffusers-format folder or hub id (default: the built-in tiny model)",
+    )
+    parser.add_argument(
+        "--variant", choices=("fp16",), default=None, help="load the model card's fp16 weight files"
+    )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        metavar="REV",
+        help="hub revision (branch, tag or commit) of --model; pin a commit for reproducible runs",
+    )
+    parser.add_argument(
+        "--text-encoder",
+        default=None,
+        help="text encoder folder or hub id (default: the model's own, "
+        "else visheratin/mexma-siglip)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="load the text encoder with its own Python code from the hub; this RUNS "
+        "CODE DOWNLOADED FROM THE HUB on your machine (default: the native loader)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch on CUDA: capture the U-Net step as a CUDA graph per shape",
+    )
+    parser.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="torch: torch.compile the U-Net (default, reduce-overhead, max-autotune, "
+        "max-autotune-no-cudagraphs)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="torch: channels-last memory format"
+    )
+    parser.add_argument(
+        "--offload-text-encoder",
+        action="store_true",
+        help="torch: keep the text encoder on the CPU except while encoding a new prompt",
+    )
+    parser.add_argument(
+        "--low-vram",
+        action="store_true",
+        help="torch: for small cards (about 6 GB at 576x576 in fp16, estimated): the U-Net stays "
+        "on the GPU, the text encoder and VAE wait on the CPU between uses, the VAE decodes in "
+        "256-px tiles",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="torch: merge a diffusers/peft LoRA file into the U-Net at load time, with "
+        "strength SCALE (default 1.0); repeatable",
     )
 
 
