@@ -34,7 +34,7 @@ class Mode:
 
 
 # Modes shown next to the plain prompts they mix, instead of next to the source image.
-SIDE_BY_SIDE_WITH = {
+SIDE_BY_SIDE_WITH: dict[str, list[dict[str, Any]]] = {
     "blend": [
         {"prompt": "a red circle on a white background", "seed": 4},
         {"prompt": "a blue circle on a white background", "seed": 4},
