@@ -190,8 +190,8 @@ def test_cli_image_prompt_of_a_keyframe_is_recorded_and_replays(
     [entry] = record["walk_image_prompts"]
     assert entry["name"] == "green.png" and entry["weight"] == 0.5
     capsys.readouterr()
-    replay = ["info", str(middle), "--replay", "--model", str(tiny_model), "--inputs", str(tmp_path)]
-    assert main(replay) == 0
+    replay = ["info", str(middle), "--replay", "--model", str(tiny_model)]
+    assert main([*replay, "--inputs", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("replay: identical")
 
 
