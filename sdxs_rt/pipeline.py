@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from sdxs_rt import backend_table, image_inputs
 from sdxs_rt.backend_table import DEFAULT_BACKEND, import_backend
 from sdxs_rt.components import (
     Array,
-    ArrayOps,
     Components,
-    LatentScaling,
     require_image_encoder,
 )
 from sdxs_rt.conditioning import (
@@ -37,6 +34,7 @@ from sdxs_rt.errors import UsageError
 from sdxs_rt.guidance import ScheduledGuidance
 from sdxs_rt.hub import check_revision
 from sdxs_rt.images import to_pil_images
+from sdxs_rt.latents import blend_known_region, scale_latents, unscale_latents, upscale_latents
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.plan import (
     GenerationPlan,
@@ -84,24 +82,6 @@ class GenerationResult:
     seeds: list[int] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     cancelled: bool = False
-
-
-def _per_channel(value: tuple[float, ...] | float, ops: ArrayOps) -> Any:
-    if isinstance(value, (int, float)):
-        return float(value)
-    return ops.from_host(np.asarray(value, dtype=np.float32).reshape(1, -1, 1, 1))
-
-
-def unscale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
-    """Model latents -> VAE latents: `z * std / scaling_factor + mean` (per channel)."""
-    std, mean = _per_channel(scaling.std, ops), _per_channel(scaling.mean, ops)
-    return latents * std / scaling.scaling_factor + mean
-
-
-def scale_latents(latents: Array, scaling: LatentScaling, ops: ArrayOps) -> Array:
-    """VAE latents -> model latents, the inverse: `(z - mean) * scaling_factor / std`."""
-    std, mean = _per_channel(scaling.std, ops), _per_channel(scaling.mean, ops)
-    return (latents - mean) * scaling.scaling_factor / std
 
 
 class Pipeline:
@@ -340,7 +320,7 @@ class Pipeline:
         else:
             latents = schedule.noised(clean, first_noise)
             if mask is not None:
-                hooks.append(_blend_known_region(schedule, clean, first_noise, mask))
+                hooks.append(blend_known_region(schedule, clean, first_noise, mask))
         draw = lambda: ops.from_host(noise.draw())  # noqa: E731
         tick = time.perf_counter()
         for step in sample(schedule, model, latents, draw, ops, after_step=_chain(hooks)):
@@ -436,27 +416,3 @@ def _chain(hooks: list[Any]) -> Any:
 class _InitLatents:
     latents: Array  # (1, C, h, w) model latents of the init image
     mask: Array | None  # (1, 1, h, w) repaint weights on the latent grid
-
-
-def _blend_known_region(
-    schedule: SamplerSchedule, clean: Array, first_noise: Array, mask: Array
-) -> Any:
-    """After step i, the known region (mask 0) is the init latents noised to step i + 1's
-    level with the image's first draw: blended latent denoising; clean after the last step."""
-
-    def blend(index: int, x: Array) -> Array:
-        known = schedule.noised(clean, first_noise, index + 1)
-        return x * mask + known * (1.0 - mask)
-
-    return blend
-
-
-def upscale_latents(latents: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(B, C, h, w) -> (B, C, H, W): each channel resized bilinearly (Pillow's float images)."""
-    height, width = size
-    batch, channels = latents.shape[:2]
-    out = np.empty((batch, channels, height, width), np.float32)
-    for b, c in np.ndindex(batch, channels):
-        channel = Image.fromarray(latents[b, c].astype(np.float32), "F")
-        out[b, c] = np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR))
-    return out

@@ -8,9 +8,10 @@ from PIL import Image
 
 from sdxs_rt.commands.generate import HIRES_UPSCALERS
 from sdxs_rt.errors import UsageError
+from sdxs_rt.latents import upscale_latents
 from sdxs_rt.params import HIRES_UPSCALERS as PARAM_UPSCALERS
 from sdxs_rt.params import GenerationParams
-from sdxs_rt.pipeline import Pipeline, upscale_latents
+from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.plan import ModelFacts, hires_size, make_plan
 from sdxs_rt.schedules import SchedulerConfig
 from tests.fakes import fake_components

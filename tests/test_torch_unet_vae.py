@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sdxs_rt.array_ops import NumpyOps
-from sdxs_rt.pipeline import unscale_latents
+from sdxs_rt.latents import unscale_latents
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

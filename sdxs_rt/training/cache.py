@@ -4,7 +4,7 @@ Latent files are keyed by the VAE weights' content hash, the latent scaling, the
 identity (path, size, mtime) and its bucket; embedding files by the text encoder's identity
 (weights hashes, remote code or not) and the caption. Latents are stored in MODEL space (what
 the U-Net sees: `(z_vae - mean) * scaling_factor / std`, the inverse of
-`sdxs_rt.pipeline.unscale_latents`). The VAE encoder and the text encoder are loaded only when
+`sdxs_rt.latents.unscale_latents`). The VAE encoder and the text encoder are loaded only when
 something is missing, and released before the U-Net is trained.
 """
 
@@ -28,8 +28,8 @@ from sdxs_rt.backends.torch.text_encoder import load_text_encoder
 from sdxs_rt.backends.torch.vae import latent_scaling_from_config
 from sdxs_rt.backends.torch.weights import load_diffusers_module, save_safetensors_atomic
 from sdxs_rt.components import LatentScaling
+from sdxs_rt.latents import scale_latents
 from sdxs_rt.loading import ModelFiles, file_sha256
-from sdxs_rt.pipeline import scale_latents
 from sdxs_rt.text_encoder_files import TextEncoderFiles, resolve_text_encoder
 from sdxs_rt.training.buckets import Bucket, resize_and_crop
 from sdxs_rt.training.sources import ImageSource
