@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +239,32 @@ def test_save_animation_never_overwrites_unless_asked(tmp_path: Path) -> None:
     save_animation(frames[:2], path, fps=10, overwrite=True)
     with Image.open(path) as animation:
         assert animation.n_frames == 2
+
+
+def test_walk_on_onnx_runtime_without_torch_replays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The walk is core code: `--backend onnx` runs it with torch unimportable."""
+    pytest.importorskip("onnxruntime")
+    from tests.test_onnx_backend import write_handmade_export
+    from tests.test_torch_free import RUN_WITHOUT_TORCH
+
+    model = write_handmade_export(tmp_path / "export")
+    folder = tmp_path / "walk"
+    argv = ["walk", RED, BLUE, "--backend", "onnx", "--model", str(model), "--size", "128x128"]
+    argv += ["--steps", "3", "--frames", "1", "--seeds", "7", "8", "-o", str(folder), "--json"]
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT_TORCH, *argv],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row.get("backend") for row in rows[:3]] == ["onnx"] * 3
+    # The handmade graphs draw one white picture whatever they are asked: WebP folds identical
+    # frames into one, so only the file is checked here.
+    assert rows[-1]["frames"] == 3 and (folder / "walk.webp").is_file()
+    assert main(["info", str(folder / "frame-0001.png"), "--replay", "--model", str(model)]) == 0
+    assert capsys.readouterr().out.startswith("replay: identical")
