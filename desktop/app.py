@@ -40,6 +40,7 @@ from sdxs_rt_desktop.widgets import (
     PreviewView,
     ProgressPanel,
     RunButtons,
+    WalkDialog,
 )
 from sdxs_rt_desktop.widgets.text import as_sentence
 
@@ -90,6 +91,7 @@ class MainWindow(QMainWindow):
         self.history_dir = history_dir
         self.settings = settings
         self.engine_dialog: EngineBuildDialog | None = None
+        self.walk_dialog: WalkDialog | None = None
         self.closed = False
         self.setWindowTitle("sdxs-rt")
         self.setAcceptDrops(True)
@@ -141,6 +143,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         self._add_action(file_menu, "&Quit", self.close, QKeySequence.Quit)
         tools_menu = self.menuBar().addMenu("&Tools")
+        self._add_action(tools_menu, "Latent &walk...", self.open_walk_dialog)
         self._add_action(tools_menu, "&Build TensorRT engines...", self.open_engine_dialog)
 
     def _add_action(
@@ -181,6 +184,18 @@ class MainWindow(QMainWindow):
             self.engine_dialog = EngineBuildDialog(self.controller, self)
         self.engine_dialog.show()
         self.engine_dialog.raise_()
+
+    def open_walk_dialog(self) -> WalkDialog:
+        """Keyframes prefilled from the Generation prompt and seed each time it opens anew."""
+        if self.walk_dialog is None:
+            self.walk_dialog = WalkDialog(
+                self.controller, self.states.generation, self.states.run, self
+            )
+        elif not self.walk_dialog.isVisible() and not self.states.run.running:
+            self.walk_dialog.prefill()
+        self.walk_dialog.show()
+        self.walk_dialog.raise_()
+        return self.walk_dialog
 
     def open_png_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

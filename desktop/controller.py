@@ -9,6 +9,7 @@ becomes `run.error` (one sentence) and `failed`.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from sdxs_rt_desktop.worker import (
     LoadRequest,
     Progress,
     ResultItem,
+    WalkJob,
     error_message,
 )
 
@@ -34,6 +36,7 @@ from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.images import check_folder_writable
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import random_seed
+from sdxs_rt.walk import Keyframe, check_animation, check_walk
 
 __all__ = ["Controller", "ResultItem"]
 
@@ -98,6 +101,7 @@ class Controller(QObject):
     """See the module docstring; `results` is this session's gallery, oldest first."""
 
     image_ready = Signal(object)  # ResultItem
+    animation_ready = Signal(object)  # Path of a latent walk's animation
     preview_ready = Signal(QImage)
     failed = Signal(str)
     finished = Signal(bool)  # True: the run ended early (Cancel now / Stop after this image)
@@ -121,6 +125,7 @@ class Controller(QObject):
         self.building = False
         self._cancel_requested = False
         self._closed = False
+        self.walking = False  # the run in progress is a latent walk (progress counts frames)
         self._worker = GenerationWorker()
         self._builder = EngineBuildWorker()
         self._connect_worker()
@@ -144,6 +149,7 @@ class Controller(QObject):
         worker.progress.connect(self._on_progress)
         worker.preview.connect(self.preview_ready)
         worker.image.connect(self._on_image)
+        worker.animation.connect(self._on_animation)
         worker.gpu_info.connect(self._on_gpu_info)
         worker.failed.connect(self._report)
         worker.finished.connect(self._on_finished)
@@ -166,13 +172,67 @@ class Controller(QObject):
             self._report(error_message(exc))
             return False
         self.generation.last_seed = job.params.seed
+        self._start(job, job.params.num_inference_steps * job.params.num_images)
+        return True
+
+    def _start(self, job: GenerationJob | WalkJob, total_steps: int) -> None:
         self._cancel_requested = False
-        total_steps = job.params.num_inference_steps * job.params.num_images
+        self.walking = isinstance(job, WalkJob)
         self.run.update(running=True, error="", warning="", step=0, total_steps=total_steps,
                         eta_seconds=0.0, status="Starting...")  # fmt: skip
         self._worker.prepare_run()
         self._start_generation.emit(job)
+
+    def walk(
+        self,
+        keyframes: Sequence[Keyframe],
+        frames_between: int,
+        animation: str = "webp",
+        fps: float = 8.0,
+    ) -> bool:
+        """Start a latent walk through `keyframes` (each with its prompt and seed) with the
+        Generation settings' negative prompt, steps, guidance, sampler and size; `animation` ""
+        writes none. False (and `run.error`) when it cannot start."""
+        if self.run.running or self.building or self._closed:
+            self.failed.emit(self._busy_message())
+            return False
+        try:
+            job = self._walk_job(tuple(keyframes), frames_between, animation, fps)
+        except Exception as exc:
+            self._report(error_message(exc))
+            return False
+        frames = (len(keyframes) - 1) * (frames_between + 1) + 1
+        self._start(job, job.params.num_inference_steps * frames)
         return True
+
+    def _walk_job(
+        self, keyframes: tuple[Keyframe, ...], frames_between: int, animation: str, fps: float
+    ) -> WalkJob:
+        generation = self.generation
+        if error := generation.size_error():
+            raise UsageError(error)
+        for number, key in enumerate(keyframes, 1):
+            if not key.prompt.strip():
+                raise UsageError(f"keyframe {number}'s prompt is empty")
+            check_prompt_syntax(key.prompt, ())
+        check_prompt_syntax(generation.negative_prompt, ())
+        params = GenerationParams(
+            prompt="",
+            negative_prompt=generation.negative_prompt,
+            num_inference_steps=generation.steps,
+            guidance_scale=generation.guidance,
+            width=generation.width,
+            height=generation.height,
+            seed=keyframes[0].seed if keyframes else None,
+            scheduler=generation.scheduler or None,
+        )
+        check_walk(keyframes, frames_between, params)
+        if animation:
+            check_animation(animation, fps)
+        check_folder_writable(self.history_dir)
+        check_engine_sizes(self.model, params)
+        return WalkJob(keyframes, frames_between, params, load_request(self.model),
+                       self.history_dir, animation, fps, generation.strip_metadata)  # fmt: skip
 
     def _busy_message(self) -> str:
         if self._closed:
@@ -252,7 +312,8 @@ class Controller(QObject):
 
     @Slot(object)
     def _on_progress(self, progress: Progress) -> None:
-        status = f"Image {progress.image + 1}/{progress.image_count}: step "
+        what = "Frame" if self.walking else "Image"
+        status = f"{what} {progress.image + 1}/{progress.image_count}: step "
         status += f"{progress.image_step}/{progress.steps_per_image}"
         self.run.update(step=progress.step, total_steps=progress.total_steps,
                         eta_seconds=progress.eta_seconds, status=status)  # fmt: skip
@@ -262,6 +323,11 @@ class Controller(QObject):
         self.results.append(item)
         self.run.status = f"Saved {item.path.name}"
         self.image_ready.emit(item)
+
+    @Slot(object)
+    def _on_animation(self, path: Path) -> None:
+        self.run.status = f"Saved the animation {path.name}"
+        self.animation_ready.emit(path)
 
     @Slot(str)
     def _on_gpu_info(self, text: str) -> None:

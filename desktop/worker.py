@@ -4,6 +4,8 @@
 `pipe.generate(...)`, and reports every step, preview, saved image and error as a signal. It never
 raises out of its thread: an `SdxsError` comes out as its one-sentence message, anything else as
 "unexpected error: ...". `cancel_now` and `stop_after_image` are safe to call from the GUI thread.
+A `WalkJob` (a latent walk, `sdxs_rt.walk`) runs on the same pipeline: each frame is reported and
+saved like a generated image, then the animation is written next to the frames.
 `EngineBuildWorker` builds TensorRT engines the same way, with log lines as progress.
 """
 
@@ -16,7 +18,7 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +34,7 @@ from sdxs_rt.metadata import ImageRecord, make_record
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
 from sdxs_rt.plan import GenerationPlan
+from sdxs_rt.walk import FrameEvent, Keyframe, render, save_animation, walk_frames
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,21 @@ class GenerationJob:
     history_dir: Path
     strip_metadata: bool = False
     preview_every: int = 0  # 0: no previews
+
+
+@dataclass(frozen=True)
+class WalkJob:
+    """One Render click in the Latent walk dialog: frames saved to the history folder, then the
+    animation beside them (named after the first frame: `00012-7-walk.webp`)."""
+
+    keyframes: tuple[Keyframe, ...]
+    frames_between: int
+    params: GenerationParams  # what every frame shares (`walk_frames`); its prompt is unused
+    load: LoadRequest
+    history_dir: Path
+    animation: str = "webp"  # a key of sdxs_rt.walk.ANIMATION_FORMATS, or "" for none
+    fps: float = 8.0
+    strip_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +197,7 @@ class GenerationWorker(QObject):
     progress = Signal(object)  # Progress, after every step
     preview = Signal(QImage)  # every `preview_every` steps
     image = Signal(object)  # ResultItem, once saved to the history folder
+    animation = Signal(object)  # Path of a walk's animation, once written
     gpu_info = Signal(str)
     failed = Signal(str)  # one sentence
     finished = Signal(bool)  # True: the run ended before all its images (cancel / stop)
@@ -213,7 +232,7 @@ class GenerationWorker(QObject):
 
     # ---- runs in the worker thread
     @Slot(object)
-    def run(self, job: GenerationJob) -> None:
+    def run(self, job: GenerationJob | WalkJob) -> None:
         stopped_early = False
         try:
             stopped_early = self._run(job)
@@ -225,10 +244,12 @@ class GenerationWorker(QObject):
             self._active = None
             self.finished.emit(stopped_early)
 
-    def _run(self, job: GenerationJob) -> bool:
+    def _run(self, job: GenerationJob | WalkJob) -> bool:
         pipe, previewer = self._pipeline(job.load)
         if self._cancel.is_set():
             return True
+        if isinstance(job, WalkJob):
+            return self._walk(pipe, job)
         plan = self._plan(pipe, job.params)  # the request resolved once: seeds, sizes, inputs
         check_engine_covers(pipe, plan.params)
         preview_every = self._prepare_previews(previewer, job.preview_every)
@@ -306,13 +327,57 @@ class GenerationWorker(QObject):
             self.preview.emit(previewer.to_qimage(event.denoised))
 
     def _on_image(
-        self, event: ImageEvent, pipe: Pipeline, job: GenerationJob, counter: RunCounter
-    ) -> None:
+        self,
+        event: ImageEvent,
+        pipe: Pipeline,
+        job: GenerationJob | WalkJob,
+        counter: RunCounter,
+    ) -> Path:
         record = make_record(pipe, event.plan, event.index)
         path = save_to_history(event.image, record, job.history_dir, job.strip_metadata)
         counter.add_image(event)
         self.image.emit(ResultItem(path, event.seed, record, pil_to_qimage(event.image)))
         self.gpu_info.emit(gpu_summary(pipe.info))
+        return path
+
+    def _walk(self, pipe: Pipeline, job: WalkJob) -> bool:
+        """Every frame planned (inputs checked) first, then drawn: progress counts frames as a
+        run counts images, and each frame is saved and shown like a generated image. The
+        animation is written only when every frame was drawn."""
+        frames = walk_frames(job.keyframes, job.frames_between, job.params)
+        plans = [self._plan(pipe, frame.params) for frame in frames]
+        for plan in plans:
+            check_engine_covers(pipe, plan.params)
+        counter = RunCounter(plans[0])
+        counter.image_count = len(frames)
+        self.status.emit(f"Walking through {len(frames)} frames...")
+        self._active = pipe
+        images: list[Any] = []
+        paths: list[Path] = []
+        events = render(pipe, frames, plans)
+        try:
+            for event in events:
+                if self._cancel.is_set():
+                    break  # the frame in flight is dropped
+                if isinstance(event, FrameEvent):
+                    plan = event.plan
+                    image = ImageEvent(plan, 0, plan.seeds[0], event.image, event.timings)
+                    paths.append(self._on_image(image, pipe, job, counter))
+                    images.append(event.image)
+                    if self._stop_after_image.is_set():
+                        break
+                else:
+                    progress = counter.add_step(event)
+                    self.progress.emit(replace(progress, image=counter.images_done))
+        finally:
+            events.close()
+        if len(images) < len(frames):
+            return True
+        if job.animation:
+            self.status.emit("Writing the animation...")
+            path = paths[0].with_name(f"{paths[0].stem}-walk.{job.animation}")
+            self.animation.emit(save_animation(images, path, job.fps))
+        return False
 
 
 def user_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

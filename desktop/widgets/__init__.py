@@ -7,6 +7,7 @@ from sdxs_rt_desktop.widgets.model_panel import ModelPanel
 from sdxs_rt_desktop.widgets.preview_view import PreviewView
 from sdxs_rt_desktop.widgets.progress_panel import ProgressPanel
 from sdxs_rt_desktop.widgets.run_buttons import RunButtons
+from sdxs_rt_desktop.widgets.walk_dialog import WalkDialog
 
 __all__ = [
     "EngineBuildDialog",
@@ -16,4 +17,5 @@ __all__ = [
     "PreviewView",
     "ProgressPanel",
     "RunButtons",
+    "WalkDialog",
 ]
