@@ -354,7 +354,8 @@ class GenerationWorker(QObject):
         self._active = pipe
         images: list[Any] = []
         paths: list[Path] = []
-        events = render(pipe, frames, plans)
+        # a generator (typed as an Iterator): closing it stops the walk
+        events = cast(Generator[StepEvent | FrameEvent, None, None], render(pipe, frames, plans))
         try:
             for event in events:
                 if self._cancel.is_set():

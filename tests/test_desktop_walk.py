@@ -85,7 +85,7 @@ def test_dialog_shows_keyframes_and_options_it_renders(window):
 def test_render_refuses_an_empty_keyframe_before_anything_runs(window, tmp_path):
     dialog = window.window.open_walk_dialog()
     dialog.rows[1].prompt_edit.setText("  ")
-    assert dialog.render() is False
+    assert dialog.start_walk() is False
     run = window.states.run
     assert not run.running and run.error == "keyframe 2's prompt is empty"
     assert "Keyframe 2's prompt is empty." in dialog.error_label.text()
@@ -102,7 +102,7 @@ def test_walk_on_the_demo_model_fills_the_gallery_and_writes_the_animation(qtbot
     statuses: list[str] = []
     window.states.run.status_changed.connect(statuses.append)
     with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT_MS) as blocker:
-        assert dialog.render()
+        assert dialog.start_walk()
         assert not dialog.render_button.isEnabled() and dialog.cancel_button.isEnabled()
     assert blocker.args == [False]
     run = window.states.run
@@ -153,7 +153,7 @@ def test_cancel_now_stops_the_walk_without_an_animation(qtbot, window):
 
     window.states.run.step_changed.connect(on_step)
     with qtbot.waitSignal(window.controller.finished, timeout=TIMEOUT_MS) as blocker:
-        assert dialog.render()
+        assert dialog.start_walk()
     assert blocker.args == [True]
     assert window.states.run.status == "Cancelled" and window.states.run.error == ""
     history = window.controller.history_dir

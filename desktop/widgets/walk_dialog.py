@@ -156,7 +156,7 @@ class WalkDialog(QDialog):
     def _make_buttons(self) -> QHBoxLayout:
         self.render_button = QPushButton("Render")
         self.render_button.setDefault(True)
-        self.render_button.clicked.connect(lambda: self.render())
+        self.render_button.clicked.connect(lambda: self.start_walk())
         self.cancel_button = QPushButton("Cancel now")
         self.cancel_button.clicked.connect(lambda: self.controller.cancel_now())
         self.close_button = QPushButton("Close")
@@ -226,7 +226,7 @@ class WalkDialog(QDialog):
 
     # ---------------------------------------------------------------- running
 
-    def render(self) -> bool:
+    def start_walk(self) -> bool:
         """Start the walk; False (the reason in the error line) when it cannot start."""
         self.animation_path = None
         self.rendering = True  # before the run starts: its first status lines are ours
