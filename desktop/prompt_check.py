@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdxs_rt_desktop.image_prompts import ImagePromptEntry, image_names
 
+from sdxs_rt.conditioning import resolve_image_names
 from sdxs_rt.errors import UsageError
 from sdxs_rt.prompt_syntax import PromptProgram, parse_prompt
 
@@ -29,14 +30,7 @@ class PromptCheck:
 def parse_with_images(text: str, entries: Sequence[ImagePromptEntry]) -> PromptProgram:
     """Parse `text`; UsageError also for `<image:NAME>` naming none of the image prompts."""
     program = parse_prompt(text)
-    names = image_names(entries)
-    for part in program.parts:
-        if part.image is not None and part.image not in names:
-            known = ", ".join(sorted(names)) or "none were added"
-            raise UsageError(
-                f"the prompt names <image:{part.image}>, but no image prompt is called that "
-                f"(image prompts are named by position or file stem: {known})"
-            )
+    resolve_image_names(program, image_names(entries))
     return program
 
 

@@ -16,7 +16,7 @@ stem); an image named in the prompt is not added a second time.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from sdxs_rt.components import Array
@@ -143,11 +143,12 @@ def interpolate_conditions(
     return conditions
 
 
-def resolve_image_names(program: PromptProgram, images: Mapping[str, ImagePromptRef]) -> None:
-    """Refuse `<image:NAME>` that names no image prompt, before anything is encoded."""
+def resolve_image_names(program: PromptProgram, names: Collection[str]) -> None:
+    """Refuse `<image:NAME>` that names none of the image prompts' `names`, before anything
+    is encoded (the desktop checks a prompt as it is typed with this too)."""
     for part in program.parts:
-        if part.image is not None and part.image not in images:
-            known = ", ".join(sorted(images)) or "none were given"
+        if part.image is not None and part.image not in names:
+            known = ", ".join(sorted(names)) or "none were given"
             raise UsageError(
                 f"the prompt names <image:{part.image}>, but no image prompt is called that "
                 f"(image prompts are named by position or file stem: {known})"
