@@ -355,3 +355,13 @@ def test_concurrent_submit_and_cancel_from_eight_threads(clock: Clock) -> None:
         assert (job.status is JobStatus.DONE) == (len(images) == 1)
         assert job.status is not JobStatus.FAILED
     assert jobs.close(drain=True, timeout=WAIT)
+
+
+def test_a_failing_callback_does_not_fail_the_job(clock: Clock) -> None:
+    def broken_listener(event: object) -> None:
+        raise RuntimeError("listener bug")
+
+    with JobQueue(Pipeline(fake_components()), clock=clock) as jobs:
+        job = jobs.submit(params(), on_event=broken_listener)
+        assert job.wait(WAIT)
+        assert job.status is JobStatus.DONE and len(jobs.result(job.id).images) == 1
