@@ -18,6 +18,7 @@ import numpy.typing as npt
 from sdxs_rt import schedules
 from sdxs_rt.components import Array
 from sdxs_rt.errors import UsageError
+from sdxs_rt.image_inputs import steps_kept
 from sdxs_rt.scheduler_table import SCHEDULER_NAMES
 from sdxs_rt.schedules import FloatArray, SchedulerConfig
 
@@ -69,13 +70,8 @@ class SamplerSchedule:
 
     def for_strength(self, strength: float) -> SamplerSchedule:
         """The last int(steps * strength) steps: diffusers' img2img `get_timesteps`."""
-        kept = min(int(self.total_steps * strength), self.total_steps)
-        if kept <= 0:
-            least = 1 / self.total_steps
-            raise UsageError(
-                f"strength {strength:g} with {self.total_steps} steps leaves no step to run; "
-                f"raise the strength to at least {least:.4g} or use more steps"
-            )
+        # One rule and one message for it: image_inputs.steps_kept (the CLI checks it early).
+        kept = steps_kept(self.total_steps, strength)
         return self.from_step(self.total_steps - kept)
 
     def timestep_of(self, step: int) -> float:
