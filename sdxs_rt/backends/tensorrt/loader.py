@@ -161,14 +161,25 @@ def vae_encoder_component(plan: LoadPlan) -> tuple[TrtVAEEncoder | None, CachedE
             f"{plan.folder / MANIFEST_NAME} lists no {graph} graph; export the model again "
             "with 'sdxs-rt export onnx' and run 'sdxs-rt engine build' to encode init images"
         )
+    chosen = choose_deferred_engine(plan, graph, entry.sha256)
+    if isinstance(chosen, str):
+        return None, chosen
+    engine, cached = chosen
+    return TrtVAEEncoder(engine, str(plan.folder), plan.manifest.vae_scale_factor), cached
+
+
+def choose_deferred_engine(
+    plan: LoadPlan, graph: str, graph_sha256: str
+) -> tuple[DeferredEngine, CachedEngine] | str:
+    """An optional graph's engine chosen now (a missing one is known at load) and opened on
+    first use, or why there is none."""
     recorded = plan.manifest.engines.get(graph)
-    query = EngineQuery(graph, entry.sha256, plan.precision, plan.folder, recorded)
+    query = EngineQuery(graph, graph_sha256, plan.precision, plan.folder, recorded)
     try:
         cached = select_engine(query, plan.environment)
     except EngineError as err:
-        return None, missing_encoder_reason(err, plan, graph)
-    engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
-    return TrtVAEEncoder(engine, str(plan.folder), plan.manifest.vae_scale_factor), cached
+        return missing_encoder_reason(err, plan, graph)
+    return DeferredEngine(lambda: open_engine(plan, graph)[0]), cached
 
 
 def missing_encoder_reason(err: EngineError, plan: LoadPlan, graph: str = ENCODER_GRAPH) -> str:
@@ -207,13 +218,10 @@ def image_encoder_component(plan: LoadPlan) -> tuple[TrtImageEncoder | None, Cac
             f"{err}, so 'sdxs-rt engine build' builds no {graph} engine; export the model "
             "again with 'sdxs-rt export onnx'"
         )
-    recorded = plan.manifest.engines.get(graph)
-    query = EngineQuery(graph, entry.sha256, plan.precision, plan.folder, recorded)
-    try:
-        cached = select_engine(query, plan.environment)
-    except EngineError as err:
-        return None, missing_encoder_reason(err, plan, graph)
-    engine = DeferredEngine(lambda: open_engine(plan, graph)[0])
+    chosen = choose_deferred_engine(plan, graph, entry.sha256)
+    if isinstance(chosen, str):
+        return None, chosen
+    engine, cached = chosen
     width = plan.manifest.text_width
     return TrtImageEncoder(engine, preprocessor, width, str(plan.folder)), cached
 
