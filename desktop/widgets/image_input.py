@@ -69,6 +69,12 @@ def image_paths(paths: list[Path]) -> list[Path]:
     return [path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES]
 
 
+def dropped_image_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
+    """The image files among a drag's local URLs (what the drop zones accept)."""
+    urls = event.mimeData().urls()
+    return image_paths([Path(url.toLocalFile()) for url in urls if url.isLocalFile()])
+
+
 def describe_output(generation: GenerationState, input_size: tuple[int, int] | None) -> str:
     """'Output 640 × 448 px' for the current input and settings (raises UsageError)."""
     outpaint = generation.outpaint()
@@ -125,8 +131,7 @@ class InputThumbnail(QLabel):
 
     @staticmethod
     def _dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
-        urls = event.mimeData().urls()
-        return image_paths([Path(url.toLocalFile()) for url in urls if url.isLocalFile()])
+        return dropped_image_paths(event)
 
 
 class ImageInputPanel(QGroupBox):

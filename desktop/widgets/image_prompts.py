@@ -38,7 +38,7 @@ from sdxs_rt_desktop.image_prompts import (
 )
 from sdxs_rt_desktop.state import GenerationState, ModelState
 from sdxs_rt_desktop.widgets.binding import follow
-from sdxs_rt_desktop.widgets.image_input import IMAGE_FILTER, image_paths
+from sdxs_rt_desktop.widgets.image_input import IMAGE_FILTER, dropped_image_paths
 from sdxs_rt_desktop.widgets.text import ERROR_STYLE, HINT_STYLE, as_sentence
 
 from sdxs_rt.errors import SdxsError
@@ -210,8 +210,7 @@ class ImagePromptsPanel(QGroupBox):
 
     @staticmethod
     def _dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
-        urls = event.mimeData().urls()
-        return image_paths([Path(url.toLocalFile()) for url in urls if url.isLocalFile()])
+        return dropped_image_paths(event)
 
     # ---------------------------------------------------------------- showing the state
 
