@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sdxs_rt.errors import EXIT_DEVICE, SdxsError, UsageError
+from sdxs_rt.errors import (
+    EXIT_DEVICE,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_UNEXPECTED,
+    SdxsError,
+    UsageError,
+)
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import ImageEvent, Pipeline, StepEvent
 from sdxs_rt.plan import GenerationPlan
@@ -110,6 +116,7 @@ class JobResult:
     images: list[Image.Image] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     error: str | None = None  # one sentence, for failed jobs
+    exit_code: int | None = None  # the error's exit code (sdxs_rt.errors), for failed jobs
     seconds: float = 0.0  # wall time of the run (time.perf_counter, not the injected clock)
 
 
@@ -419,13 +426,13 @@ class JobQueue:
             status, error, seconds = self._run(job)
             with self._cond:
                 assert job._result is not None  # a job's result expires only once it is final
-                job._result.error = error
+                job._result.error, job._result.exit_code = error if error else (None, None)
                 job._result.seconds = seconds
                 self._running = None
                 self._finish_locked(job, status)
             self._call_back(job, StatusEvent(job.id, status))
 
-    def _run(self, job: Job) -> tuple[JobStatus, str | None, float]:
+    def _run(self, job: Job) -> tuple[JobStatus, tuple[str, int] | None, float]:
         started = time.perf_counter()
         made = 0
         try:
@@ -451,7 +458,8 @@ class JobQueue:
         except Exception as exc:  # a failed job must not stop the worker
             if not isinstance(exc, SdxsError):
                 log.exception("job %s failed", job.id)
-            return JobStatus.FAILED, _sentence(exc), time.perf_counter() - started
+            failure = (_sentence(exc), _exit_code(exc))
+            return JobStatus.FAILED, failure, time.perf_counter() - started
         seconds = time.perf_counter() - started
         if made >= job.plan.params.num_images:
             return JobStatus.DONE, None, seconds
@@ -493,6 +501,14 @@ class JobQueue:
                 job._on_event(event)
             except Exception:  # a listener's bug must not fail the job
                 log.exception("the event callback of job %s failed", job.id)
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, SdxsError):
+        return exc.exit_code
+    if isinstance(exc, MemoryError):
+        return EXIT_OUT_OF_MEMORY
+    return EXIT_UNEXPECTED
 
 
 def _sentence(exc: BaseException) -> str:

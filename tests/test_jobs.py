@@ -258,6 +258,7 @@ def test_a_failing_job_reports_a_sentence_and_the_next_one_runs(clock: Clock) ->
         assert fine.wait(WAIT) and broken.wait(WAIT)
         assert broken.status is JobStatus.FAILED
         assert jobs.result(broken.id).error == "RuntimeError: the fake U-Net broke"
+        assert jobs.result(broken.id).exit_code == 1  # not an SdxsError: unexpected
         assert fine.status is JobStatus.DONE
 
 
