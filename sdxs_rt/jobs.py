@@ -108,6 +108,9 @@ class ImageReady:
 
 JobEvent = StatusEvent | ProgressEvent | ImageReady
 EventCallback = Callable[[JobEvent], None]
+# Called in the worker thread with each finished image before its event; an exception fails the
+# job with that error (the server saves images here: a full disk fails the job, not the server).
+ImageSink = Callable[["Job", ImageReady], None]
 
 
 @dataclass
@@ -197,6 +200,7 @@ class JobQueue:
         keep_results_seconds: float = DEFAULT_KEEP_RESULTS_SECONDS,
         event_buffer: int = DEFAULT_EVENT_BUFFER,
         clock: Callable[[], float] = time.monotonic,
+        image_sink: ImageSink | None = None,
     ) -> None:
         if max_pending < 1:
             raise UsageError(f"max_pending must be at least 1, got {max_pending}")
@@ -209,6 +213,7 @@ class JobQueue:
         self.keep_results_seconds = keep_results_seconds
         self.event_buffer = event_buffer
         self._clock = clock
+        self._image_sink = image_sink
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[Job] = []  # in run order
         self._jobs: dict[str, Job] = {}  # every job whose result is still kept
@@ -443,14 +448,15 @@ class JobQueue:
                         if isinstance(event, StepEvent):
                             self._emit(job, self._progress(job, event))
                         elif isinstance(event, ImageEvent):
+                            ready = ImageReady(job.id, event.index, event.seed, event.image)
+                            if self._image_sink is not None:
+                                self._image_sink(job, ready)
                             with self._cond:
                                 assert job._result is not None
                                 job._result.images.append(event.image)
                                 job._result.seeds.append(event.seed)
                             made += 1
-                            self._emit(
-                                job, ImageReady(job.id, event.index, event.seed, event.image)
-                            )
+                            self._emit(job, ready)
                         if self._cancel_requested(job):
                             break
                 finally:

@@ -262,6 +262,30 @@ def test_a_failing_job_reports_a_sentence_and_the_next_one_runs(clock: Clock) ->
         assert fine.status is JobStatus.DONE
 
 
+def test_an_image_sink_that_fails_fails_the_job_with_its_exit_code(clock: Clock) -> None:
+    class DiskFull(SdxsError):
+        exit_code = 4
+
+    kept: list[int] = []
+
+    def sink(job: object, ready: ImageReady) -> None:
+        if ready.seed == 2:
+            raise DiskFull("the output folder is full")
+        kept.append(ready.seed)
+
+    with JobQueue(Pipeline(fake_components()), clock=clock, image_sink=sink) as jobs:
+        fine = jobs.submit(params(seed=1))
+        full = jobs.submit(params(seed=2))
+        after = jobs.submit(params(seed=3))
+        assert after.wait(WAIT) and full.wait(WAIT) and fine.wait(WAIT)
+        assert fine.status is JobStatus.DONE and after.status is JobStatus.DONE
+        assert full.status is JobStatus.FAILED
+        assert jobs.result(full.id).error == "the output folder is full"
+        assert jobs.result(full.id).exit_code == 4
+        assert jobs.result(full.id).images == []  # the unsaved image is not handed out
+    assert kept == [1, 3]
+
+
 def test_results_expire_by_the_injected_clock(queue: JobQueue, gate: Gate, clock: Clock) -> None:
     gate.open()
     job = queue.submit(params())
