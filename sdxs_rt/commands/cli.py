@@ -29,6 +29,7 @@ from sdxs_rt.errors import (
 COMMANDS = {
     "generate": "sdxs_rt.commands.generate",
     "walk": "sdxs_rt.commands.walk",
+    "serve": "sdxs_rt.commands.serve",
     "info": "sdxs_rt.commands.info",
     "check": "sdxs_rt.commands.check",
     "export": "sdxs_rt.commands.export",

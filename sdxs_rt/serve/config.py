@@ -1,0 +1,91 @@
+"""The server's settings: plain data, decided once from the command line (or by an embedder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdxs_rt.errors import UsageError
+from sdxs_rt.params import GenerationParams
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860  # A1111's: its clients default to it
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; larger asks get a 4xx before anything is queued."""
+
+    max_side: int = 2048  # px, width and height (before the hires fix's scale)
+    max_steps: int = 150
+    max_images: int = 8  # per request (A1111: batch_size x n_iter; OpenAI: n)
+    max_body_bytes: int = 32 * 1024 * 1024  # base64 images make bodies large
+    max_pending: int = 16  # jobs waiting; one more answers 429 with Retry-After
+
+    def __post_init__(self) -> None:
+        for name in ("max_side", "max_steps", "max_images", "max_body_bytes", "max_pending"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def max_input_pixels(self) -> int:
+        """Input images may be larger than outputs (they are resized), but not without bound."""
+        return 4 * self.max_side * self.max_side
+
+    def check(self, params: GenerationParams) -> None:
+        """A UsageError when `params` asks for more than this server allows."""
+        scale = params.hires_scale or 1.0
+        for name, value in (("width", params.width), ("height", params.height)):
+            if value is not None and value * scale > self.max_side:
+                raise UsageError(
+                    f"{name} {value}{f' x hires {scale}' if scale != 1 else ''} is over this "
+                    f"server's limit of {self.max_side} px"
+                )
+        steps = params.num_inference_steps
+        if steps > self.max_steps or (params.hires_steps or 0) > self.max_steps:
+            raise UsageError(f"steps {steps} is over this server's limit of {self.max_steps}")
+        if params.num_images > self.max_images:
+            raise UsageError(
+                f"{params.num_images} images in one request is over this server's limit of "
+                f"{self.max_images}"
+            )
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Bearer keys (--api-key) and A1111's user:pass pairs (--api-auth); none: open."""
+
+    api_keys: tuple[str, ...] = ()
+    basic: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.basic)
+
+    @classmethod
+    def parse(cls, api_keys: list[str], api_auth: str | None) -> Auth:
+        """`api_auth` as A1111 takes it: "user:pass" pairs separated by commas."""
+        pairs = []
+        for item in (api_auth or "").split(","):
+            if not item.strip():
+                continue
+            user, sep, password = item.strip().partition(":")
+            if not sep or not user or not password:
+                raise UsageError(
+                    f"--api-auth takes user:pass pairs separated by commas, got {item!r}"
+                )
+            pairs.append((user, password))
+        keys = tuple(key for key in api_keys if key)
+        if len(keys) != len(api_keys):
+            raise UsageError("--api-key must not be empty")
+        return cls(api_keys=keys, basic=tuple(pairs))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    limits: Limits = field(default_factory=Limits)
+    auth: Auth = field(default_factory=Auth)
+    output_dir: Path | None = None  # every finished image is saved here; None: memory only
+    models_dir: Path | None = None  # the allow-list of model folders requests may name
+    preview_every: int = 5  # steps between the previews of /sdapi/v1/progress (0: none)
+    keep_results_seconds: float = 600.0  # finished jobs (and their image URLs) live this long

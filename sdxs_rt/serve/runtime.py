@@ -1,0 +1,203 @@
+"""The serving state behind every router: one pipeline, one job queue, saving, live progress.
+
+The queue's worker thread reports through `_on_event`; asyncio listeners (SSE streams, requests
+waiting for their images) get each event through their loop's `call_soon_threadsafe`, so no
+request holds a thread while it waits.
+
+Rules (README, "Serving"):
+- A client that disconnects from a request that waits for its images (A1111, OpenAI) cancels
+  its job. Jobs submitted through /v1/jobs run whether or not anyone listens.
+- Shutdown (SIGTERM, Ctrl-C): new requests get 503, pending jobs are cancelled, the running job
+  stops before its next step. Images are saved by rename, so no partial file is ever left.
+- With an output folder, each image is saved before it is handed out; a failed save (disk full)
+  fails its job with 507 and the server goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from sdxs_rt.errors import EXIT_UNEXPECTED
+from sdxs_rt.images import save_png
+from sdxs_rt.jobs import (
+    ImageReady,
+    Job,
+    JobEvent,
+    JobQueue,
+    JobStatus,
+    ProgressEvent,
+    StatusEvent,
+)
+from sdxs_rt.metadata import make_record, png_info
+from sdxs_rt.params import GenerationParams
+from sdxs_rt.pipeline import Pipeline
+from sdxs_rt.serve.config import ServerConfig
+from sdxs_rt.serve.http_errors import JobFailed, StorageFull
+from sdxs_rt.serve.metrics import ServerMetrics
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISCONNECT_POLL_SECONDS = 0.25
+SHUTDOWN_SECONDS = 30.0
+MAX_REMEMBERED_FAILURES = 256
+
+
+@dataclass
+class LiveJob:
+    """What polling clients see of the running job."""
+
+    started: float  # time.monotonic()
+    step: int = 0  # steps done
+    total_steps: int = 0
+    preview: Image.Image | None = None  # the newest decoded preview (first image of the batch)
+
+
+@dataclass
+class Listener:
+    """An asyncio consumer of one job's events (or of every job's, with job_id None)."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[JobEvent]
+    job_id: str | None
+
+
+class ServerRuntime:
+    def __init__(self, pipe: Pipeline, config: ServerConfig, model_title: str) -> None:
+        self.pipe = pipe
+        self.config = config
+        self.model_title = model_title
+        self.metrics = ServerMetrics()
+        self.queue = JobQueue(
+            pipe,
+            max_pending=config.limits.max_pending,
+            keep_results_seconds=config.keep_results_seconds,
+            image_sink=self._save if config.output_dir is not None else None,
+        )
+        self.metrics.track_queue(lambda: len(self.queue.pending()))
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._live: dict[str, LiveJob] = {}  # running jobs (one, with one worker)
+        self._storage_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.shutting_down = False
+
+    def start(self) -> None:
+        self.queue.start()
+
+    def begin_shutdown(self) -> None:
+        """The shutdown rule, without waiting: refuse new jobs, cancel the pending ones, stop
+        the running one at its next step (safe from a signal handler: no blocking)."""
+        self.shutting_down = True
+        self.queue.close(drain=False, timeout=0)
+
+    def close(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
+        """The shutdown rule: cancel the pending jobs, stop the running one at its next step."""
+        self.shutting_down = True
+        return self.queue.close(drain=False, timeout=timeout)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def submit(self, params: GenerationParams, *, priority: int = 0, previews: bool) -> Job:
+        every = self.config.preview_every if previews and self.config.preview_every else None
+        job = self.queue.submit(params, priority, preview_every=every, on_event=self._on_event)
+        self.metrics.submitted()
+        return job
+
+    def check_failed(self, job: Job) -> None:
+        """Raise the error of a failed job, as the HTTP answer's error."""
+        if job.status is not JobStatus.FAILED:
+            return
+        result = self.queue.result(job.id)
+        message = result.error or "the job failed"
+        with self._lock:
+            storage = job.id in self._storage_failures
+        if storage:
+            raise StorageFull(message)
+        raise JobFailed(message, result.exit_code or EXIT_UNEXPECTED)
+
+    def live(self, job_id: str) -> LiveJob | None:
+        with self._lock:
+            live = self._live.get(job_id)
+            return None if live is None else replace(live)
+
+    def retry_after_seconds(self) -> int:
+        """A guess for 429 answers: the waiting jobs times the mean job time (at least 1 s)."""
+        return max(1, round(len(self.queue.pending()) * self.metrics.mean_job_seconds()))
+
+    async def wait(self, job: Job, is_disconnected: Callable[[], object]) -> None:
+        """Until `job` is final; cancels it when the client goes away first."""
+        listener = self.listen(job.id)
+        try:
+            while not job.status.final:
+                try:
+                    await asyncio.wait_for(listener.queue.get(), DISCONNECT_POLL_SECONDS)
+                except TimeoutError:
+                    if await is_disconnected():  # type: ignore[misc]
+                        self.queue.cancel(job.id)
+                        self.metrics.disconnected()
+                        return
+        finally:
+            self.unlisten(listener)
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def listen(self, job_id: str | None) -> Listener:
+        listener = Listener(asyncio.get_running_loop(), asyncio.Queue(), job_id)
+        with self._lock:
+            self._listeners.append(listener)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def _on_event(self, event: JobEvent) -> None:
+        """In the queue's worker thread."""
+        self.metrics.observe(event, self.queue)
+        with self._lock:
+            self._track(event)
+            listeners = [x for x in self._listeners if x.job_id in (None, event.job_id)]
+        for listener in listeners:
+            try:
+                listener.loop.call_soon_threadsafe(listener.queue.put_nowait, event)
+            except RuntimeError:  # its loop closed: the request is gone
+                self.unlisten(listener)
+
+    def _track(self, event: JobEvent) -> None:
+        if isinstance(event, StatusEvent):
+            if event.status is JobStatus.RUNNING:
+                self._live[event.job_id] = LiveJob(time.monotonic())
+            elif event.status.final:
+                self._live.pop(event.job_id, None)
+        elif isinstance(event, ProgressEvent) and event.job_id in self._live:
+            live = self._live[event.job_id]
+            live.step, live.total_steps = event.step + 1, event.total_steps
+            if event.preview:
+                live.preview = event.preview[0]
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def _save(self, job: Job, ready: ImageReady) -> None:
+        assert self.config.output_dir is not None
+        path = self.config.output_dir / f"{job.id}-{ready.index}-{ready.seed}.png"
+        record = make_record(self.pipe, job.plan, ready.index)
+        try:
+            save_png(ready.image, path, pnginfo=png_info(record))
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                with self._lock:
+                    self._storage_failures[job.id] = None
+                    while len(self._storage_failures) > MAX_REMEMBERED_FAILURES:
+                        self._storage_failures.popitem(last=False)
+                raise StorageFull(
+                    f"the output folder {self.config.output_dir} is full ({exc.strerror}); "
+                    "the image was not saved"
+                ) from None
+            raise
