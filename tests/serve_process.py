@@ -61,7 +61,9 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
-            raise AssertionError(f"the server did not stop within {timeout} s:\n{self.log()}")
+            raise AssertionError(
+                f"the server did not stop within {timeout} s:\n{self.log()}"
+            ) from None
 
 
 def start_server(
