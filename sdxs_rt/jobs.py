@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sdxs_rt.errors import (
     EXIT_DEVICE,
@@ -96,6 +96,9 @@ class ProgressEvent:
     total_steps: int
     image_index: int  # first image of the batch being sampled
     preview: list[Image.Image] | None = None  # decoded x0 estimates, every `preview_every` steps
+    # The step's x0 estimate as latents (StepEvent.denoised), for a listener's own cheap previews;
+    # only for jobs with `on_event` (buffered events then hold it too: keep `event_buffer` small).
+    denoised: Any = None
 
 
 @dataclass(frozen=True)
@@ -480,7 +483,10 @@ class JobQueue:
         every = job.preview_every
         if every is not None and ((event.step + 1) % every == 0):
             preview = self.pipe.decode(event.denoised)
-        return ProgressEvent(job.id, event.step, event.total_steps, event.image_index, preview)
+        denoised = event.denoised if job._on_event is not None else None
+        return ProgressEvent(
+            job.id, event.step, event.total_steps, event.image_index, preview, denoised
+        )
 
     def _finish_locked(self, job: Job, status: JobStatus) -> None:
         """The final status and its event, together: an events() reader sees the event."""

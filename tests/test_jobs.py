@@ -390,3 +390,16 @@ def test_a_failing_callback_does_not_fail_the_job(clock: Clock) -> None:
         job = jobs.submit(params(), on_event=broken_listener)
         assert job.wait(WAIT)
         assert job.status is JobStatus.DONE and len(jobs.result(job.id).images) == 1
+
+
+def test_progress_events_carry_the_x0_latents_for_a_listener_only(clock: Clock) -> None:
+    seen: list = []
+    with JobQueue(Pipeline(fake_components()), clock=clock) as jobs:
+        listened = jobs.submit(params(steps=2), on_event=seen.append)
+        buffered = jobs.submit(params(steps=2))
+        assert listened.wait(WAIT) and buffered.wait(WAIT)
+        progress = [e for e in seen if isinstance(e, ProgressEvent)]
+        assert len(progress) == 2 and all(e.preview is None for e in progress)
+        assert all(tuple(e.denoised.shape) == (1, 16, 8, 8) for e in progress)  # 64 px / 8
+        kept = [e for e in buffered.events(WAIT) if isinstance(e, ProgressEvent)]
+        assert kept and all(e.denoised is None for e in kept)
