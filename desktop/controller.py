@@ -1,9 +1,16 @@
 """The controller: the one object the window talks to, living in the GUI thread.
 
 It validates before anything runs, hands jobs to the workers' threads, and turns their signals
-into state (`RunState`, `ModelState.engine_sizes` and `.image_encoder_unavailable`,
+into state (`RunState`, `QueueState`, `ModelState.engine_sizes` and `.image_encoder_unavailable`,
 `GenerationState.last_seed`) and into its own signals. None of its methods raises: a problem
 becomes `run.error` (one sentence) and `failed`.
+
+Generate while a generation runs adds the request to the queue (`queue`, shown by the window);
+the jobs run one after another on `sdxs_rt.jobs.JobQueue` (`queue_runner`). `run.running` stays
+True until the queue is empty; `finished` then says whether the last job ended early. Pending
+entries can be moved or cancelled; Cancel now and Stop after this image act on the running one.
+A latent walk runs alone (not queued): it starts only when nothing runs, and Generate waits for
+it to end.
 """
 
 from __future__ import annotations
@@ -16,77 +23,45 @@ from typing import Any
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 from PySide6.QtGui import QImage
 from sdxs_rt_desktop.history import settings_from_png
-from sdxs_rt_desktop.prompt_check import check_prompt_syntax
+from sdxs_rt_desktop.queue_control import QueueControl
+from sdxs_rt_desktop.queue_runner import QueueRunner
+from sdxs_rt_desktop.queue_state import EntryStatus
+from sdxs_rt_desktop.run_checks import (
+    check_engine_sizes,
+    check_prompts,
+    engine_sizes,
+    has_fixed_sizes,
+    load_request,
+    walk_job,
+)
 from sdxs_rt_desktop.state import GenerationState, ModelState, RunState, with_note
 from sdxs_rt_desktop.worker import (
     BuildRequest,
     EngineBuildWorker,
     GenerationJob,
     GenerationWorker,
-    LoadRequest,
     Progress,
     ResultItem,
     WalkJob,
     error_message,
 )
 
-from sdxs_rt.backend_table import find_backend, import_backend
-from sdxs_rt.errors import SdxsError, UsageError
+from sdxs_rt.errors import UsageError
 from sdxs_rt.graphs import SizeProfile
 from sdxs_rt.images import check_folder_writable
-from sdxs_rt.params import GenerationParams
 from sdxs_rt.rng import random_seed
-from sdxs_rt.walk import Keyframe, check_animation, check_walk
+from sdxs_rt.walk import Keyframe
 
-__all__ = ["Controller", "ResultItem"]
+__all__ = ["Controller", "ResultItem", "load_request"]
+
+FINAL_STATUS = {
+    EntryStatus.DONE: "Done",
+    EntryStatus.STOPPED: "Stopped after this image",
+    EntryStatus.CANCELLED: "Cancelled",
+    EntryStatus.FAILED: "Error",
+}
 
 ENGINE_PRECISIONS = ("fp16", "fp32")
-
-
-def load_request(model: ModelState) -> LoadRequest:
-    return LoadRequest(*model.key())
-
-
-def check_prompt(prompt: str) -> None:
-    if not prompt.strip():
-        raise UsageError("the prompt is empty; type what the image should show")
-
-
-def check_prompts(generation: GenerationState, model: ModelState) -> None:
-    """Before loading: an empty prompt, malformed syntax in either prompt, an `<image:N>` with no
-    such image prompt, and image prompts that the loaded model is known not to take."""
-    check_prompt(generation.prompt)
-    for text in (generation.prompt, generation.negative_prompt):
-        check_prompt_syntax(text, generation.image_prompts)
-    if generation.image_prompts and (error := model.image_prompt_error()):
-        raise UsageError(error)
-
-
-def has_fixed_sizes(backend: object) -> bool:
-    """Engines built for a size profile (TensorRT): only certain sizes run."""
-    entry = find_backend(backend)
-    return entry is not None and entry.fixed_sizes
-
-
-def engine_sizes(model: ModelState) -> str:
-    """TensorRT: the sizes the folder's built engines cover, from its manifest ("" otherwise)."""
-    if not has_fixed_sizes(model.backend) or not model.model:
-        return ""
-    try:
-        text: str = import_backend(model.backend).engine_sizes(model.model)
-    except SdxsError:  # the plugin's own dependencies missing: the load will say so
-        return ""
-    return text
-
-
-def check_engine_sizes(model: ModelState, params: GenerationParams) -> None:
-    """Refuse a size outside the TensorRT engines' profile before anything loads (a size taken
-    from the input image is known once planned: the worker checks it then)."""
-    if params.width is None or params.height is None:
-        return
-    if has_fixed_sizes(model.backend) and model.model:
-        plugin = import_backend(model.backend)
-        plugin.check_size_for_model(model.model, params.width, params.height, params.batch_size)
 
 
 def start_worker_thread(worker: QObject, name: str, parent: QObject) -> QThread:
@@ -104,10 +79,11 @@ class Controller(QObject):
     animation_ready = Signal(object)  # Path of a latent walk's animation
     preview_ready = Signal(QImage)
     failed = Signal(str)
-    finished = Signal(bool)  # True: the run ended early (Cancel now / Stop after this image)
+    finished = Signal(bool)  # True: the run (the queue's last job) ended early
     build_progress = Signal(str)
     build_finished = Signal(bool, str)
-    _start_generation = Signal(object)
+    _start_generation = Signal(object)  # a WalkJob, to the worker
+    _queue_generation = Signal(object)  # a GenerationJob, to the queue runner
     _start_build = Signal(object)
 
     def __init__(
@@ -126,7 +102,11 @@ class Controller(QObject):
         self._cancel_requested = False
         self._closed = False
         self.walking = False  # the run in progress is a latent walk (progress counts frames)
+        self._entry_ids = 0
         self._worker = GenerationWorker()
+        self._runner = QueueRunner(self._worker, self._worker)  # a child: moves to its thread
+        self.jobs = QueueControl(self._runner, self)
+        self.queue = self.jobs.state  # what the queue panel shows
         self._builder = EngineBuildWorker()
         self._connect_worker()
         self._connect_builder()
@@ -153,6 +133,9 @@ class Controller(QObject):
         worker.gpu_info.connect(self._on_gpu_info)
         worker.failed.connect(self._report)
         worker.finished.connect(self._on_finished)
+        self._queue_generation.connect(self._runner.queue_job)
+        self.jobs.entry_started.connect(self._on_entry_started)
+        self.jobs.emptied.connect(self._on_queue_emptied)
 
     def _connect_builder(self) -> None:
         self._start_build.connect(self._builder.run)
@@ -162,24 +145,35 @@ class Controller(QObject):
     # ---------------------------------------------------------------- generation
 
     def generate(self) -> bool:
-        """Start a run from GenerationState; False (and `run.error`) when it cannot start."""
-        if self.run.running or self.building or self._closed:
+        """Queue a generation from GenerationState (it starts at once when nothing runs); False
+        (and `run.error`) when it cannot be queued."""
+        if self.walking or self.building or self._closed:
             self.failed.emit(self._busy_message())  # the run in progress keeps its state
             return False
         try:
             job = self._plan_job()
         except Exception as exc:
-            self._report(error_message(exc))
+            if self.run.running:  # the running job keeps its status line
+                self.run.error = error_message(exc)
+                self.failed.emit(self.run.error)
+            else:
+                self._report(error_message(exc))
             return False
         self.generation.last_seed = job.params.seed
-        self._start(job, job.params.num_inference_steps * job.params.num_images)
+        if not self.run.running:
+            self._begin(job.params.num_inference_steps * job.params.num_images)
+        self.jobs.add(job)
+        self._queue_generation.emit(job)
         return True
 
-    def _start(self, job: GenerationJob | WalkJob, total_steps: int) -> None:
+    def _begin(self, total_steps: int) -> None:
         self._cancel_requested = False
-        self.walking = isinstance(job, WalkJob)
         self.run.update(running=True, error="", warning="", step=0, total_steps=total_steps,
                         eta_seconds=0.0, status="Starting...")  # fmt: skip
+
+    def _start(self, job: WalkJob, total_steps: int) -> None:
+        self.walking = True
+        self._begin(total_steps)
         self._worker.prepare_run()
         self._start_generation.emit(job)
 
@@ -197,7 +191,8 @@ class Controller(QObject):
             self.failed.emit(self._busy_message())
             return False
         try:
-            job = self._walk_job(tuple(keyframes), frames_between, animation, fps)
+            job = walk_job(self.generation, self.model, self.history_dir, tuple(keyframes),
+                           frames_between, animation, fps)  # fmt: skip
         except Exception as exc:
             self._report(error_message(exc))
             return False
@@ -205,40 +200,13 @@ class Controller(QObject):
         self._start(job, job.params.num_inference_steps * frames)
         return True
 
-    def _walk_job(
-        self, keyframes: tuple[Keyframe, ...], frames_between: int, animation: str, fps: float
-    ) -> WalkJob:
-        generation = self.generation
-        if error := generation.size_error():
-            raise UsageError(error)
-        for number, key in enumerate(keyframes, 1):
-            if not key.prompt.strip():
-                raise UsageError(f"keyframe {number}'s prompt is empty")
-            check_prompt_syntax(key.prompt, ())
-        check_prompt_syntax(generation.negative_prompt, ())
-        params = GenerationParams(
-            prompt="",
-            negative_prompt=generation.negative_prompt,
-            num_inference_steps=generation.steps,
-            guidance_scale=generation.guidance,
-            width=generation.width,
-            height=generation.height,
-            seed=keyframes[0].seed if keyframes else None,
-            scheduler=generation.scheduler or None,
-        )
-        check_walk(keyframes, frames_between, params)
-        if animation:
-            check_animation(animation, fps)
-        check_folder_writable(self.history_dir)
-        check_engine_sizes(self.model, params)
-        return WalkJob(keyframes, frames_between, params, load_request(self.model),
-                       self.history_dir, animation, fps, generation.strip_metadata)  # fmt: skip
-
     def _busy_message(self) -> str:
         if self._closed:
             return "the app is closing"
         if self.building:
             return "engines are being built; generate when the build has finished"
+        if self.walking:
+            return "a latent walk is running; cancel it or wait for it to finish"
         return "a generation is already running; cancel it or wait for it to finish"
 
     def _plan_job(self) -> GenerationJob:
@@ -251,28 +219,58 @@ class Controller(QObject):
         params = generation.to_params(seed)
         check_folder_writable(self.history_dir)
         check_engine_sizes(self.model, params)
+        self._entry_ids += 1
         return GenerationJob(
             params=params,
             load=load_request(self.model),
             history_dir=self.history_dir,
             strip_metadata=generation.strip_metadata,
             preview_every=max(0, generation.preview_every),
+            entry=self._entry_ids,
         )
 
     def cancel_now(self) -> None:
-        """Stop before the next step; the image in progress is neither decoded nor saved."""
+        """Stop the running job (or walk) before the next step; the image in progress is neither
+        decoded nor saved. The queued jobs still run."""
         if not self.run.running:
             return
         self._cancel_requested = True
-        self._worker.cancel_now()
-        self.run.status = "Cancelling..."
+        self.run.status = "Cancelling..."  # before: a pending entry's cancel can end the run
+        if self.walking:
+            self._worker.cancel_now()
+        elif (entry := self.jobs.current()) is not None:
+            self.jobs.cancel(entry.id)
 
     def stop_after_image(self) -> None:
-        """Finish the image in progress, save it, then stop the run."""
+        """Finish the image in progress, save it, then stop the running job (or walk)."""
         if not self.run.running:
             return
-        self._worker.stop_after_image()
+        if self.walking:
+            self._worker.stop_after_image()
+        else:
+            self.jobs.stop_after_image()
         self.run.status = "Stopping after this image..."
+
+    # ---------------------------------------------------------------- the queue
+
+    def cancel_job(self, entry_id: int) -> None:
+        """Pending: it leaves the queue and never runs; running: it stops before its next step."""
+        self.jobs.cancel(entry_id)
+
+    def move_job(self, entry_id: int, position: int) -> bool:
+        """Move a pending entry to `position` among the pending (0: next to run)."""
+        return self.jobs.move(entry_id, position)
+
+    @Slot(int)
+    def _on_entry_started(self, total_steps: int) -> None:
+        self.run.update(step=0, total_steps=total_steps, eta_seconds=0.0, status="Generating...")
+
+    @Slot(str)
+    def _on_queue_emptied(self, value: str) -> None:
+        if self.run.running and not self.walking:
+            status = EntryStatus(value)
+            self.run.update(running=False, eta_seconds=0.0, status=FINAL_STATUS[status])
+            self.finished.emit(status.early)
 
     def reuse_last_seed(self) -> bool:
         """Set the seed to the last run's first seed and turn random seeds off."""
@@ -340,6 +338,8 @@ class Controller(QObject):
 
     @Slot(bool)
     def _on_finished(self, stopped_early: bool) -> None:
+        """A walk ended."""
+        self.walking = False
         self.run.update(running=False, eta_seconds=0.0, status=self._final_status(stopped_early))
         self.finished.emit(stopped_early)
 
@@ -395,6 +395,7 @@ class Controller(QObject):
             return
         self._closed = True
         self._worker.cancel_now()
+        self._runner.close()
         self._builder.cancel()
         for thread in self._threads:
             thread.quit()

@@ -1,11 +1,12 @@
 """Workers that run off the GUI thread and turn the pipeline's generator into Qt signals.
 
-`GenerationWorker` lives in a QThread: it loads (and keeps) the pipeline, drains
-`pipe.generate(...)`, and reports every step, preview, saved image and error as a signal. It never
-raises out of its thread: an `SdxsError` comes out as its one-sentence message, anything else as
-"unexpected error: ...". `cancel_now` and `stop_after_image` are safe to call from the GUI thread.
-A `WalkJob` (a latent walk, `sdxs_rt.walk`) runs on the same pipeline: each frame is reported and
-saved like a generated image, then the animation is written next to the frames.
+`GenerationWorker` lives in a QThread: it loads (and keeps) the pipeline and owns the signals
+that report steps, previews, saved images and errors. Generation jobs go through the job queue
+(`queue_runner.QueueRunner`, same thread, runs them on `sdxs_rt.jobs.JobQueue`'s thread); a
+`WalkJob` (a latent walk, `sdxs_rt.walk`) runs here on the same pipeline: each frame is reported
+and saved like a generated image, then the animation is written next to the frames. Nothing
+raises out of the threads: an `SdxsError` comes out as its one-sentence message, anything else as
+"unexpected error: ...". `cancel_now` and `stop_after_image` (walks) are safe from the GUI thread.
 `EngineBuildWorker` builds TensorRT engines the same way, with log lines as progress.
 """
 
@@ -82,6 +83,7 @@ class GenerationJob:
     history_dir: Path
     strip_metadata: bool = False
     preview_every: int = 0  # 0: no previews
+    entry: int = 0  # its id in the window's queue (`queue_state.QueueEntry.id`)
 
 
 @dataclass(frozen=True)
@@ -164,15 +166,16 @@ class RunCounter:
         self.step_seconds: deque[float] = deque(maxlen=ETA_WINDOW)
         self.decode_seconds = 0.0
 
-    def add_step(self, event: StepEvent) -> Progress:
+    def add_step(self, image_index: int, step: int, seconds: float) -> Progress:
+        """A step done: `step` 0-based within the image (StepEvent's), `seconds` its wall time."""
         self.steps_done += 1
-        self.step_seconds.append(event.seconds)
+        self.step_seconds.append(seconds)
         return Progress(
             step=self.steps_done,
             total_steps=self.steps_per_image * self.image_count,
-            image=event.image_index,
+            image=image_index,
             image_count=self.image_count,
-            image_step=event.step + 1,
+            image_step=step + 1,
             steps_per_image=self.steps_per_image,
             eta_seconds=self.eta_seconds(),
         )
@@ -189,7 +192,7 @@ class RunCounter:
 
 
 class GenerationWorker(QObject):
-    """Runs generation jobs in its thread; see the module docstring."""
+    """Loads the pipeline and runs walks in its thread; see the module docstring."""
 
     status = Signal(str)  # "Loading model...", "Fitting the preview..."
     warning = Signal(str)  # the library's warnings about a run's request, once per run
@@ -209,6 +212,7 @@ class GenerationWorker(QObject):
         self._reload = threading.Event()
         self._loaded: tuple[LoadRequest, Pipeline, LatentPreviewer] | None = None
         self._active: Pipeline | None = None
+        self.before_load: Callable[[], None] | None = None  # drops what holds the old pipeline
 
     # ---- called from the GUI thread
     def prepare_run(self) -> None:
@@ -232,7 +236,7 @@ class GenerationWorker(QObject):
 
     # ---- runs in the worker thread
     @Slot(object)
-    def run(self, job: GenerationJob | WalkJob) -> None:
+    def run(self, job: WalkJob) -> None:
         stopped_early = False
         try:
             stopped_early = self._run(job)
@@ -244,19 +248,13 @@ class GenerationWorker(QObject):
             self._active = None
             self.finished.emit(stopped_early)
 
-    def _run(self, job: GenerationJob | WalkJob) -> bool:
-        pipe, previewer = self._pipeline(job.load)
+    def _run(self, job: WalkJob) -> bool:
+        pipe, _ = self.pipeline_for(job.load)
         if self._cancel.is_set():
             return True
-        if isinstance(job, WalkJob):
-            return self._walk(pipe, job)
-        plan = self._plan(pipe, job.params)  # the request resolved once: seeds, sizes, inputs
-        check_engine_covers(pipe, plan.params)
-        preview_every = self._prepare_previews(previewer, job.preview_every)
-        self.status.emit("Generating...")
-        return self._drain(pipe, previewer, job, plan, preview_every)
+        return self._walk(pipe, job)
 
-    def _plan(self, pipe: Pipeline, params: GenerationParams) -> GenerationPlan:
+    def plan(self, pipe: Pipeline, params: GenerationParams) -> GenerationPlan:
         """`pipe.plan`, its warnings (emphasis stripped, a prompt kept as written) sent on as one
         line for the window and logged, instead of printed on the console only. The warnings
         filters are process-wide: for this short call a warning from another thread is caught
@@ -271,7 +269,7 @@ class GenerationWorker(QObject):
             self.warning.emit("; ".join(messages))
         return plan
 
-    def _prepare_previews(self, previewer: LatentPreviewer, every: int) -> int:
+    def prepare_previews(self, previewer: LatentPreviewer, every: int) -> int:
         """Fit the preview map once per VAE (then cached); a failed fit only turns previews off."""
         if every <= 0 or previewer.ready:
             return max(every, 0)
@@ -283,8 +281,11 @@ class GenerationWorker(QObject):
             return 0
         return every
 
-    def _pipeline(self, load: LoadRequest) -> tuple[Pipeline, LatentPreviewer]:
+    def pipeline_for(self, load: LoadRequest) -> tuple[Pipeline, LatentPreviewer]:
+        """The loaded pipeline, loaded anew when `load` changed or a reload was requested."""
         if self._loaded is None or self._loaded[0] != load or self._reload.is_set():
+            if self.before_load is not None:
+                self.before_load()
             self._loaded = None  # free the old pipeline before loading the next
             self._reload.clear()
             self.status.emit("Loading model...")
@@ -294,39 +295,7 @@ class GenerationWorker(QObject):
             self.gpu_info.emit(gpu_summary(pipe.info))
         return self._loaded[1], self._loaded[2]
 
-    def _drain(
-        self,
-        pipe: Pipeline,
-        previewer: LatentPreviewer,
-        job: GenerationJob,
-        plan: GenerationPlan,
-        preview_every: int,
-    ) -> bool:
-        counter = RunCounter(plan)
-        self._active = pipe
-        events = as_generator(pipe.generate(plan=plan))
-        try:
-            for event in events:
-                if self._cancel.is_set():
-                    break  # the step or image that was in flight is dropped
-                if isinstance(event, StepEvent):
-                    self._on_step(event, counter, previewer, preview_every)
-                else:
-                    self._on_image(event, pipe, job, counter)
-                    if self._stop_after_image.is_set():
-                        break
-        finally:
-            events.close()
-        return counter.images_done < counter.image_count
-
-    def _on_step(
-        self, event: StepEvent, counter: RunCounter, previewer: LatentPreviewer, every: int
-    ) -> None:
-        self.progress.emit(counter.add_step(event))
-        if every > 0 and (event.step + 1) % every == 0:
-            self.preview.emit(previewer.to_qimage(event.denoised))
-
-    def _on_image(
+    def save_image(
         self,
         event: ImageEvent,
         pipe: Pipeline,
@@ -345,7 +314,7 @@ class GenerationWorker(QObject):
         run counts images, and each frame is saved and shown like a generated image. The
         animation is written only when every frame was drawn."""
         frames = walk_frames(job.keyframes, job.frames_between, job.params)
-        plans = [self._plan(pipe, frame.params) for frame in frames]
+        plans = [self.plan(pipe, frame.params) for frame in frames]
         for plan in plans:
             check_engine_covers(pipe, plan.params)
         counter = RunCounter(plans[0])
@@ -363,12 +332,12 @@ class GenerationWorker(QObject):
                 if isinstance(event, FrameEvent):
                     plan = event.plan
                     image = ImageEvent(plan, 0, plan.seeds[0], event.image, event.timings)
-                    paths.append(self._on_image(image, pipe, job, counter))
+                    paths.append(self.save_image(image, pipe, job, counter))
                     images.append(event.image)
                     if self._stop_after_image.is_set():
                         break
                 else:
-                    progress = counter.add_step(event)
+                    progress = counter.add_step(event.image_index, event.step, event.seconds)
                     self.progress.emit(replace(progress, image=counter.images_done))
         finally:
             events.close()
