@@ -41,9 +41,12 @@ class Limits:
                     f"{name} {value}{f' x hires {scale}' if scale != 1 else ''} is over this "
                     f"server's limit of {self.max_side} px"
                 )
-        steps = params.num_inference_steps
-        if steps > self.max_steps or (params.hires_steps or 0) > self.max_steps:
-            raise UsageError(f"steps {steps} is over this server's limit of {self.max_steps}")
+        for name, steps in (
+            ("steps", params.num_inference_steps),
+            ("hires steps", params.hires_steps),
+        ):
+            if steps is not None and steps > self.max_steps:
+                raise UsageError(f"{name} {steps} is over this server's limit of {self.max_steps}")
         if params.num_images > self.max_images:
             raise UsageError(
                 f"{params.num_images} images in one request is over this server's limit of "
