@@ -39,6 +39,7 @@ from sdxs_rt_desktop.widgets import (
     ModelPanel,
     PreviewView,
     ProgressPanel,
+    QueuePanel,
     RunButtons,
     WalkDialog,
 )
@@ -108,6 +109,8 @@ class MainWindow(QMainWindow):
         self.run_buttons = RunButtons(generation, run)
         self.preview = PreviewView()
         self.progress_panel = ProgressPanel(run)
+        jobs = getattr(self.controller, "jobs", None)  # a stand-in controller may have no queue
+        self.queue_panel = QueuePanel(jobs.state, jobs) if jobs is not None else None
         self.gallery = Gallery(generation, self.history_dir)
         self.gallery.status_message.connect(lambda text: setattr(run, "status", text))
         run.running_changed.connect(lambda running: self.model_panel.setEnabled(not running))
@@ -129,6 +132,8 @@ class MainWindow(QMainWindow):
         right_layout = QVBoxLayout(right)
         right_layout.addWidget(self.preview, 3)
         right_layout.addWidget(self.progress_panel)
+        if self.queue_panel is not None:
+            right_layout.addWidget(self.queue_panel)
         right_layout.addWidget(self.gallery, 2)
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(left)
@@ -158,6 +163,7 @@ class MainWindow(QMainWindow):
     def _connect_controller(self) -> None:
         controller = self.controller
         self.run_buttons.generate_button.clicked.connect(self.generate)
+        self.run_buttons.queue_button.clicked.connect(self.generate)
         self.run_buttons.cancel_button.clicked.connect(lambda: controller.cancel_now())
         self.run_buttons.stop_after_button.clicked.connect(lambda: controller.stop_after_image())
         self.generation_panel.reuse_last_seed_requested.connect(controller.reuse_last_seed)
@@ -167,8 +173,9 @@ class MainWindow(QMainWindow):
         controller.failed.connect(self.show_error)
 
     def generate(self) -> None:
-        if self.states.generation.size_error() or self.states.run.running:
-            return  # the button is disabled then; the shortcut must not get round it
+        """Generate now, or (while a run is in progress) add the request to the queue."""
+        if self.states.generation.size_error():
+            return  # the buttons are disabled then; the shortcut must not get round it
         self.controller.generate()
 
     def show_result(self, item: Any) -> None:

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 KEEP_RESULTS_SECONDS = 30.0  # the desktop reads a job's result only as it ends (its error)
 CLOSE_SECONDS = 30.0
 REORDER_TRIES = 3
+IDLE_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -90,7 +91,8 @@ class QueueRunner(QObject):
         self._cancelled: set[int] = set()  # entries cancelled before they reached the queue
         self._stop_after: set[int] = set()  # ... or told to stop after their first image
         self._order: list[int] = []  # the window's order of the pending entries
-        worker.before_load = self.close_queue
+        self._closed = False
+        worker.before_load = self._retire_queue
 
     # ---------------------------------------------------------------- GUI thread
 
@@ -122,18 +124,28 @@ class QueueRunner(QObject):
     def close(self) -> None:
         """Cancel everything (the app is closing) and stop the queue's thread."""
         with self._lock:
+            self._closed = True
             for run in self._entries.values():
                 run.cancel_now = True
         self.close_queue()
 
     def close_queue(self) -> None:
-        """Stop the queue (before another pipeline loads: it holds the old one)."""
+        """Stop the queue, cancelling what it still holds."""
         with self._lock:
             queue, self._queue = self._queue, None
         if queue is not None and not queue.close(drain=False, timeout=CLOSE_SECONDS):
             logger.warning("the job queue did not stop within %s s", CLOSE_SECONDS)
 
     # ---------------------------------------------------------------- worker thread
+
+    def _retire_queue(self) -> None:
+        """Before another pipeline loads (a job for another model, a walk, new engines): the
+        jobs queued on the old one finish first, then its queue stops and lets it go."""
+        with self._lock:
+            queue = self._queue
+        while queue is not None and not self._closed and not queue.wait_idle(IDLE_POLL_SECONDS):
+            continue  # close() cancels them: the loop ends then
+        self.close_queue()
 
     @Slot(object)
     def queue_job(self, job: GenerationJob) -> None:

@@ -6,6 +6,7 @@ from sdxs_rt_desktop.widgets.generation_panel import GenerationPanel
 from sdxs_rt_desktop.widgets.model_panel import ModelPanel
 from sdxs_rt_desktop.widgets.preview_view import PreviewView
 from sdxs_rt_desktop.widgets.progress_panel import ProgressPanel
+from sdxs_rt_desktop.widgets.queue_panel import QueuePanel
 from sdxs_rt_desktop.widgets.run_buttons import RunButtons
 from sdxs_rt_desktop.widgets.walk_dialog import WalkDialog
 
@@ -16,6 +17,7 @@ __all__ = [
     "ModelPanel",
     "PreviewView",
     "ProgressPanel",
+    "QueuePanel",
     "RunButtons",
     "WalkDialog",
 ]

@@ -1,4 +1,5 @@
-"""Generate, Cancel now, Stop after this image: enabled by RunState.running and the size."""
+"""Generate, Add to queue, Cancel now, Stop after this image: enabled by RunState.running and
+the size. Generate starts a run; while one runs, Add to queue (same shortcut) queues another."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sdxs_rt_desktop.widgets.binding import follow_any
 from sdxs_rt_desktop.widgets.text import as_sentence
 
 GENERATE_TIP = "Generate (Ctrl+Return)"
+QUEUE_TIP = "Generate when the jobs before it are done; it waits in the Queue (Ctrl+Return)"
 CANCEL_TIP = "Stop at the next step; nothing is decoded or saved (Esc)"
 STOP_AFTER_TIP = "Finish the image in progress, then stop"
 
@@ -22,6 +24,8 @@ class RunButtons(QWidget):
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
         self.generate_button.setShortcut("Ctrl+Return")
+        self.queue_button = QPushButton("Add to queue")
+        self.queue_button.setShortcut("Ctrl+Return")  # only one of the two is enabled at a time
         self.cancel_button = QPushButton("Cancel now")
         self.cancel_button.setShortcut("Esc")
         self.cancel_button.setToolTip(CANCEL_TIP)
@@ -30,6 +34,7 @@ class RunButtons(QWidget):
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.generate_button, 2)
+        row.addWidget(self.queue_button, 1)
         row.addWidget(self.cancel_button, 1)
         row.addWidget(self.stop_after_button, 1)
         sizes = ("width", "height", "init_image", "size_from_input")  # see size_error
@@ -40,5 +45,7 @@ class RunButtons(QWidget):
         size_error = as_sentence(self.generation.size_error())
         self.generate_button.setEnabled(not running and not size_error)
         self.generate_button.setToolTip(size_error or GENERATE_TIP)
+        self.queue_button.setEnabled(running and not size_error)
+        self.queue_button.setToolTip(size_error or QUEUE_TIP)
         self.cancel_button.setEnabled(running)
         self.stop_after_button.setEnabled(running)
