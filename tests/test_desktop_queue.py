@@ -294,6 +294,8 @@ def test_the_window_shows_the_queue_and_its_buttons_act(qtbot, window, gate):
     jobs = window.controller.queue
     qtbot.waitUntil(lambda: jobs.entries[0].status is EntryStatus.RUNNING)
     assert buttons.queue_button.isEnabled() and not buttons.generate_button.isEnabled()
+    assert buttons.queue_button.shortcut().toString() == "Ctrl+Return"  # moved from Generate
+    assert buttons.generate_button.shortcut().isEmpty()
     for prompt in ("job B", "job C"):
         window.states.generation.prompt = prompt
         qtbot.mouseClick(buttons.queue_button, Qt.MouseButton.LeftButton)

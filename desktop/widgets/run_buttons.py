@@ -3,11 +3,13 @@ the size. Generate starts a run; while one runs, Add to queue (same shortcut) qu
 
 from __future__ import annotations
 
+from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
 from sdxs_rt_desktop.state import GenerationState, RunState
 from sdxs_rt_desktop.widgets.binding import follow_any
 from sdxs_rt_desktop.widgets.text import as_sentence
 
+GENERATE_KEY = "Ctrl+Return"
 GENERATE_TIP = "Generate (Ctrl+Return)"
 QUEUE_TIP = "Generate when the jobs before it are done; it waits in the Queue (Ctrl+Return)"
 CANCEL_TIP = "Stop at the next step; nothing is decoded or saved (Esc)"
@@ -23,9 +25,7 @@ class RunButtons(QWidget):
         self.run = run
         self.generate_button = QPushButton("Generate")
         self.generate_button.setDefault(True)
-        self.generate_button.setShortcut("Ctrl+Return")
         self.queue_button = QPushButton("Add to queue")
-        self.queue_button.setShortcut("Ctrl+Return")  # only one of the two is enabled at a time
         self.cancel_button = QPushButton("Cancel now")
         self.cancel_button.setShortcut("Esc")
         self.cancel_button.setToolTip(CANCEL_TIP)
@@ -47,5 +47,10 @@ class RunButtons(QWidget):
         self.generate_button.setToolTip(size_error or GENERATE_TIP)
         self.queue_button.setEnabled(running and not size_error)
         self.queue_button.setToolTip(size_error or QUEUE_TIP)
+        # Ctrl+Return: Generate when idle, Add to queue while running (never both: ambiguous)
+        with_key, without = (self.queue_button, self.generate_button) if running else (
+            self.generate_button, self.queue_button)  # fmt: skip
+        with_key.setShortcut(QKeySequence(GENERATE_KEY))
+        without.setShortcut(QKeySequence())
         self.cancel_button.setEnabled(running)
         self.stop_after_button.setEnabled(running)
