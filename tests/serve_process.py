@@ -1,7 +1,9 @@
 """`sdxs-rt serve` as a real process on a free 127.0.0.1 port, for the server tests.
 
 Every wait is bounded: start-up polls /healthz for at most START_SECONDS, stop waits at most
-STOP_SECONDS and then kills. The server's output goes to a log file that a failing test shows.
+STOP_SECONDS and then kills. The server's output goes to a log file that a failing test shows;
+with `log_pipe` it goes through a pipe that a thread of this process copies to that file (for a
+server whose own file writes are limited, as in the disk-full test).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -73,9 +77,10 @@ def start_server(
     env: dict[str, str] | None = None,
     preexec_fn: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
+    log_pipe: bool = False,
 ) -> ServerProcess:
     """Start `sdxs-rt serve ARGS` on the built-in model (unless ARGS name another) and wait
-    until /healthz answers 200."""
+    until /healthz answers 200. `log_pipe`: the server writes its log to a pipe, not a file."""
     port = free_port()
     log_path = workdir / f"server-{port}.log"
     command = [sys.executable, "-m", "sdxs_rt.commands.cli", "serve", "--port", str(port), *args]
@@ -83,11 +88,14 @@ def start_server(
         proc = subprocess.Popen(
             command,
             cwd=workdir,
-            stdout=log,
+            stdout=subprocess.PIPE if log_pipe else log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             preexec_fn=preexec_fn,
         )
+    if log_pipe:
+        assert proc.stdout is not None
+        threading.Thread(target=_copy, args=(proc.stdout, log_path), daemon=True).start()
     server = ServerProcess(proc, port, log_path)
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
@@ -101,3 +109,11 @@ def start_server(
         time.sleep(0.2)
     server.stop(signal.SIGKILL)
     raise AssertionError(f"the server did not answer /healthz within {START_SECONDS} s")
+
+
+def _copy(pipe: IO[bytes], path: Path) -> None:
+    """The server's piped output into its log file, line by line, until the pipe closes."""
+    with pipe, path.open("ab") as log:
+        for line in pipe:
+            log.write(line)
+            log.flush()

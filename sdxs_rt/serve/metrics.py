@@ -52,6 +52,9 @@ class ServerMetrics:
         self._seconds_total = 0.0
         self._jobs_finished = 0
         self._started: dict[str, float] = {}
+        # The error kind of a failed job whose kind its exit code does not tell (a full output
+        # folder fails with the exit code of any unavailable device); None: by exit code.
+        self.failure_kind: Callable[[str], str | None] = lambda job_id: None
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
@@ -104,6 +107,10 @@ class ServerMetrics:
             self._count_failure(event.job_id, queue)
 
     def _count_failure(self, job_id: str, queue: JobQueue) -> None:
+        kind = self.failure_kind(job_id)
+        if kind is not None:
+            self.errors.labels(kind=kind).inc()
+            return
         try:
             code = queue.result(job_id).exit_code
         except LookupError:

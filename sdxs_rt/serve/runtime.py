@@ -34,19 +34,21 @@ from sdxs_rt.jobs import (
     JobQueue,
     JobStatus,
     ProgressEvent,
+    QueueClosed,
     StatusEvent,
 )
 from sdxs_rt.metadata import make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.serve.config import ServerConfig
-from sdxs_rt.serve.http_errors import JobFailed, StorageFull
+from sdxs_rt.serve.http_errors import JobFailed, StorageFull, kind_of
 from sdxs_rt.serve.metrics import ServerMetrics
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 DISCONNECT_POLL_SECONDS = 0.25
 SHUTDOWN_SECONDS = 30.0
 MAX_REMEMBERED_FAILURES = 256
+STORAGE_FULL_KIND = kind_of(StorageFull("")).kind
 
 
 @dataclass
@@ -81,6 +83,7 @@ class ServerRuntime:
             image_sink=self._save if config.output_dir is not None else None,
         )
         self.metrics.track_queue(lambda: len(self.queue.pending()))
+        self.metrics.failure_kind = self._failure_kind
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._live: dict[str, LiveJob] = {}  # running jobs (one, with one worker)
@@ -92,9 +95,16 @@ class ServerRuntime:
 
     def begin_shutdown(self) -> None:
         """The shutdown rule, without waiting: refuse new jobs, cancel the pending ones, stop
-        the running one at its next step (safe from a signal handler: no blocking)."""
-        self.shutting_down = True
-        self.queue.close(drain=False, timeout=0)
+        the running one at its next step. Safe from a signal handler: a Python handler runs in
+        the main thread between two bytecodes, perhaps while that thread holds the queue's
+        (non-reentrant) lock, so the queue is closed from a thread of its own."""
+        self.shutting_down = True  # a plain store: submit() refuses from now on
+        threading.Thread(
+            target=self.queue.close,
+            kwargs={"drain": False, "timeout": 0},
+            name="sdxs-rt-shutdown",
+            daemon=True,
+        ).start()
 
     def close(self, timeout: float = SHUTDOWN_SECONDS) -> bool:
         """The shutdown rule: cancel the pending jobs, stop the running one at its next step."""
@@ -104,6 +114,8 @@ class ServerRuntime:
     # -- jobs -----------------------------------------------------------------------------
 
     def submit(self, params: GenerationParams, *, priority: int = 0, previews: bool) -> Job:
+        if self.shutting_down:
+            raise QueueClosed("the server is shutting down and accepts no new jobs")
         every = self.config.preview_every if previews and self.config.preview_every else None
         job = self.queue.submit(params, priority, preview_every=every, on_event=self._on_event)
         self.metrics.submitted()
@@ -120,6 +132,10 @@ class ServerRuntime:
         if storage:
             raise StorageFull(message)
         raise JobFailed(message, result.exit_code or EXIT_UNEXPECTED)
+
+    def _failure_kind(self, job_id: str) -> str | None:
+        with self._lock:
+            return STORAGE_FULL_KIND if job_id in self._storage_failures else None
 
     def live(self, job_id: str) -> LiveJob | None:
         with self._lock:
