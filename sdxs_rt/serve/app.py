@@ -17,12 +17,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdxs_rt import __version__
 from sdxs_rt.errors import EXIT_UNEXPECTED, EXIT_USAGE, SdxsError
 from sdxs_rt.serve import a1111, jobs_api, openai_images
 from sdxs_rt.serve.config import Auth
 from sdxs_rt.serve.http_errors import (
+    BAD_LENGTH,
     INVALID_JSON,
     INVALID_REQUEST,
     TOO_LARGE,
@@ -56,10 +58,11 @@ def create_app(runtime: ServerRuntime, *, manage_runtime: bool = True) -> FastAP
         version=__version__,
         summary="SDXS text-to-image: A1111 and OpenAI image APIs, and a job queue",
         lifespan=lifespan,
-        max_body_size=runtime.config.limits.max_body_bytes,
     )
     app.state.runtime = runtime
     add_error_handlers(app)
+    # Our own limit, not FastAPI's max_body_size: that one answers 413 in plain text.
+    app.add_middleware(BodyLimit, max_bytes=runtime.config.limits.max_body_bytes)
     guarded = [Depends(require_auth)]
     app.include_router(a1111.router, dependencies=guarded)
     app.include_router(openai_images.router, dependencies=guarded)
@@ -123,6 +126,57 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
+# -- body limit -----------------------------------------------------------------------------
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while a route reads a body past the limit (a body without Content-Length)."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=413)
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: at once when Content-Length says so, else as soon as
+    the bytes read pass it. Either way the answer is our JSON error."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Request(scope).headers.get("content-length", "0").strip()
+        if not length.isdigit() or int(length) > self.max_bytes:
+            request = Request(scope)
+            if length.isdigit():
+                response = too_large(request, self.max_bytes)
+            else:
+                message = "the Content-Length header is not a number"
+                response = error_response(request, BAD_LENGTH, message, EXIT_USAGE)
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def too_large(request: Request, max_bytes: int) -> JSONResponse:
+    message = f"the request body is larger than this server's limit of {max_bytes} bytes"
+    return error_response(request, TOO_LARGE, message, EXIT_USAGE)
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 
@@ -163,9 +217,7 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
 
 async def on_http_exception(request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 413:
-        limit = runtime_of(request).config.limits.max_body_bytes
-        message = f"the request body is larger than this server's limit of {limit} bytes"
-        return error_response(request, TOO_LARGE, message, EXIT_USAGE)
+        return too_large(request, runtime_of(request).config.limits.max_body_bytes)
     kind = HttpKind(exc.status_code, "not_found" if exc.status_code == 404 else "http_error")
     return error_response(request, kind, str(exc.detail), EXIT_USAGE)
 

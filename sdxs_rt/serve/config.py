@@ -10,6 +10,9 @@ from sdxs_rt.params import GenerationParams
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860  # A1111's: its clients default to it
+# Larger guidance scales only overflow (a cfg_scale of 1e308 draws NaN pixels): a 400, not a
+# failed job. A1111's own slider stops at 30.
+MAX_GUIDANCE = 100.0
 
 
 @dataclass(frozen=True)
@@ -47,10 +50,15 @@ class Limits:
         ):
             if steps is not None and steps > self.max_steps:
                 raise UsageError(f"{name} {steps} is over this server's limit of {self.max_steps}")
-        if params.num_images > self.max_images:
+        if params.num_images > self.max_images or params.batch_size > self.max_images:
+            count = max(params.num_images, params.batch_size)
             raise UsageError(
-                f"{params.num_images} images in one request is over this server's limit of "
-                f"{self.max_images}"
+                f"{count} images in one request is over this server's limit of {self.max_images}"
+            )
+        if params.guidance_scale > MAX_GUIDANCE:
+            raise UsageError(
+                f"guidance scale {params.guidance_scale:g} is over this server's limit of "
+                f"{MAX_GUIDANCE:g}"
             )
 
 

@@ -78,6 +78,7 @@ BY_EXIT_CODE: dict[int, HttpKind] = {
 INVALID_REQUEST = HttpKind(422, "invalid_request")  # JSON that does not fit the schema
 INVALID_JSON = HttpKind(400, "invalid_json")
 TOO_LARGE = HttpKind(413, "too_large")
+BAD_LENGTH = HttpKind(400, "bad_request")  # a Content-Length header that is not a number
 
 
 def kind_of(exc: BaseException) -> HttpKind:

@@ -22,7 +22,14 @@ def decode_image(text: str, field: str, max_pixels: int) -> Image.Image:
     """A base64 PNG, JPEG or WebP as an RGB or L image; a UsageError naming `field` otherwise."""
     if not isinstance(text, str) or not text:
         raise UsageError(f"{field} must be a base64-encoded PNG, JPEG or WebP image")
-    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    if text.startswith("data:"):
+        header, comma, payload = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise UsageError(
+                f"{field} is a data: URL without base64 data; send data:image/png;base64,..."
+            )
+    else:
+        payload = text
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
@@ -43,13 +50,11 @@ def decode_image(text: str, field: str, max_pixels: int) -> Image.Image:
             image.load()
     except UsageError:
         raise
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UsageError(
+            f"{field} is larger than this server's limit of {max_pixels} pixels"
+        ) from None
+    except (OSError, SyntaxError, ValueError):
         raise UsageError(f"{field} is not a readable PNG, JPEG or WebP image") from None
     return image
 

@@ -12,9 +12,9 @@ Events (`GET /v1/jobs/{id}/events`, text/event-stream), each `data` a JSON objec
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
@@ -158,10 +158,16 @@ async def image(job_id: str, index: int, request: Request) -> Response:
     return Response(png_bytes(result.images[index], record), media_type="image/png")
 
 
+def known_job(job_id: str, request: Request) -> Job:
+    """The job, or UnknownJob (404) before a stream starts: once it has, the status is sent."""
+    return runtime_of(request).queue.get(job_id)
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
-async def events(job_id: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+async def events(
+    request: Request, job: Annotated[Job, Depends(known_job)]
+) -> AsyncIterator[ServerSentEvent]:
     runtime = runtime_of(request)
-    job = runtime.queue.get(job_id)
     listener = runtime.listen(job.id)  # before the snapshot: nothing falls between
     try:
         yield ServerSentEvent(event="status", data={"status": job.status.value})

@@ -40,10 +40,12 @@ def served_models(loaded: str, models_dir: Path | None) -> list[ModelEntry]:
     return entries
 
 
-def check_model_name(name: str | None, loaded: str, models_dir: Path | None) -> None:
+def check_model_name(name: object, loaded: str, models_dir: Path | None) -> None:
     """Accept None, "" or the loaded model's name (A1111 titles "name [hash]" too)."""
-    if not name:
+    if name is None or name == "":
         return
+    if not isinstance(name, str):
+        raise UsageError(f"a model must be named by a string, e.g. {loaded!r}")
     if any(mark in name for mark in PATH_MARKS):
         raise UsageError(f"model {name[:80]!r} looks like a path; name a model, e.g. {loaded!r}")
     base = name.split(" [", 1)[0].strip()

@@ -27,7 +27,7 @@ from sdxs_rt.serve.models import check_model_name
 from sdxs_rt.serve.runtime import ServerRuntime
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 
 
 class ImageGenerationRequest(BaseModel):
