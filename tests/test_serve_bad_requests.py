@@ -491,6 +491,7 @@ STRING_FIELDS: dict[str, dict[str, int]] = {
         "script_name": 400, "refiner_checkpoint": 400, "hr_checkpoint_name": 400,
         "hr_sampler_name": 400, "hr_prompt": 400, "hr_negative_prompt": 400,
         "hr_scheduler": 200, "script_args[0]": 200,  # not A1111 fields we read: ignored
+        "override_settings.sd_vae": 200,  # only sd_model_checkpoint is read
     },
     IMG2IMG: {
         "prompt": 200, "negative_prompt": 200, "sampler_name": 400, "scheduler": 400,
@@ -554,6 +555,11 @@ def test_missing_or_wrong_auth(battery: Battery) -> None:
             battery.send(f"{path} {label}", "POST", path, 401, json=BASES[path], headers=headers)
         for url in ("/metrics", "/sdapi/v1/progress", "/sdapi/v1/sd-models", JOBS, f"{JOBS}/x"):
             battery.send(f"GET {url} {label}", "GET", url, 401, headers=headers)
+    for path in POSTS:  # credentials are checked before the body is read
+        battery.send(f"{path} invalid JSON without auth", "POST", path, 401,
+                     content=b"{oops", headers=no_auth)  # fmt: skip
+        battery.send(f"{path} wrong types without auth", "POST", path, 401,
+                     json={"prompt": 5, "steps": "x"}, headers=no_auth)  # fmt: skip
     battery.send("interrupt without auth", "POST", "/sdapi/v1/interrupt", 401, headers=no_auth)
     battery.send("DELETE a job without auth", "DELETE", f"{JOBS}/x", 401, headers=no_auth)
     battery.send("healthz is open", "GET", "/healthz", 200, headers=no_auth)

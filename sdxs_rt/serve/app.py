@@ -63,6 +63,7 @@ def create_app(runtime: ServerRuntime, *, manage_runtime: bool = True) -> FastAP
     add_error_handlers(app)
     # Our own limit, not FastAPI's max_body_size: that one answers 413 in plain text.
     app.add_middleware(BodyLimit, max_bytes=runtime.config.limits.max_body_bytes)
+    app.add_middleware(AuthGate)  # outermost: no body is read before the credentials pass
     guarded = [Depends(require_auth)]
     app.include_router(a1111.router, dependencies=guarded)
     app.include_router(openai_images.router, dependencies=guarded)
@@ -96,6 +97,33 @@ async def metrics(request: Request) -> Response:
 
 
 # -- auth -----------------------------------------------------------------------------------
+
+# Open without credentials: the load balancers' probe and the API docs.
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+
+
+class AuthGate:
+    """Credentials first, before routing and before the body is read: a request without them
+    gets 401 whatever its body (the routers' `require_auth` dependency runs after FastAPI has
+    parsed the body, so it alone would answer 400/422 to an unauthenticated bad body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path, root = scope["path"], scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            if path not in OPEN_PATHS:
+                request = Request(scope)
+                try:
+                    await require_auth(request)
+                except Unauthorized as exc:
+                    response = await on_sdxs_error(request, exc)
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 async def require_auth(request: Request) -> None:
