@@ -122,7 +122,10 @@ class ServerRuntime:
         return job
 
     def check_failed(self, job: Job) -> None:
-        """Raise the error of a failed job, as the HTTP answer's error."""
+        """Raise the error of a failed job, as the HTTP answer's error; a job that the shutdown
+        cancelled answers 503 (shutting_down), as a request that comes after it would."""
+        if job.status is JobStatus.CANCELLED and self.shutting_down:
+            raise QueueClosed("the server shut down before this job finished; send it again")
         if job.status is not JobStatus.FAILED:
             return
         result = self.queue.result(job.id)
