@@ -6,9 +6,12 @@ unchanged, plus one response header, `X-Sdxs-Replica`, naming the replica that a
 HTTP proxy (one per node) routes each request to a replica; Ray's autoscaler adds and removes
 replicas between `min_replicas` and `max_replicas`.
 
-Start it with the Ray CLI (the `key=value` arguments are `RayAppOptions`' fields):
+Start it with the Ray CLI on a node of a running cluster (the `key=value` arguments are
+`RayAppOptions`' fields; Ray's proxy listens on 127.0.0.1:8000 unless told otherwise):
 
-    serve run sdxs_rt.serve.ray_app:build_app model=AiArtLab/sdxs precision=fp16 max_replicas=4
+    RAY_SERVE_DEFAULT_HTTP_HOST=0.0.0.0 serve run --address auto \
+        sdxs_rt.serve.ray_app:build_app model=AiArtLab/sdxs precision=fp16 max_replicas=4 \
+        api_key="$KEY"
 
 or from Python: `run_app({...})` after `ray.init()` (and `serve.start(http_options=...)` to
 choose the proxy's address), as `tests/test_serve_ray.py` does with CPU replicas
@@ -29,13 +32,15 @@ at most `max_queue + 1`, or a replica's queue would answer 429 to requests Ray r
 (checked here). Jobs submitted through /v1/jobs answer at once, so Ray does not count them as
 ongoing and does not scale on them; their job ids, /sdapi/v1/progress and the SSE streams are
 per replica, and the next request may reach another replica: behind Ray, use the A1111 and
-OpenAI image endpoints, which answer with the images.
+OpenAI image endpoints, which answer with the images. A replica that Ray scales down gets no new
+requests, finishes its ongoing ones (up to Ray's graceful_shutdown_timeout_s, 20 s), then
+closes its runtime (the shutdown rule of `sdxs-rt serve`).
 
 Ray is imported by this module only (an import-linter contract keeps it out of the rest of
 `sdxs_rt.serve`). Needs the `[serve,ray]` extras.
 """
 
-# No `from __future__ import annotations`: pydantic reads RayAppOptions' annotations at runtime.
+from __future__ import annotations
 
 import os
 import time
@@ -100,7 +105,7 @@ class RayAppOptions(BaseModel):
     keep_results: float = Field(default=600.0, ge=0)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RayAppOptions":
+    def _consistent(self) -> RayAppOptions:
         if self.replicas is None and self.max_replicas < self.min_replicas:
             raise ValueError(
                 f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
