@@ -150,17 +150,25 @@ class ServerRuntime:
         return max(1, round(len(self.queue.pending()) * self.metrics.mean_job_seconds()))
 
     async def wait(self, job: Job, is_disconnected: Callable[[], object]) -> None:
-        """Until `job` is final; cancels it when the client goes away first."""
+        """Until `job` is final; cancels it when the client goes away first. The client is
+        checked every DISCONNECT_POLL_SECONDS whether or not events come (a job's steps may
+        come faster than that for its whole run)."""
         listener = self.listen(job.id)
+        loop = asyncio.get_running_loop()
         try:
             while not job.status.final:
-                try:
-                    await asyncio.wait_for(listener.queue.get(), DISCONNECT_POLL_SECONDS)
-                except TimeoutError:
-                    if await is_disconnected():  # type: ignore[misc]
-                        self.queue.cancel(job.id)
-                        self.metrics.disconnected()
-                        return
+                next_check = loop.time() + DISCONNECT_POLL_SECONDS
+                while not job.status.final and loop.time() < next_check:
+                    try:
+                        await asyncio.wait_for(
+                            listener.queue.get(), max(0.0, next_check - loop.time())
+                        )
+                    except TimeoutError:
+                        break
+                if not job.status.final and await is_disconnected():  # type: ignore[misc]
+                    self.queue.cancel(job.id)
+                    self.metrics.disconnected()
+                    return
         finally:
             self.unlisten(listener)
 
