@@ -215,18 +215,22 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_unexpected)
 
 
-def error_response(request: Request, kind: HttpKind, message: str, code: int) -> JSONResponse:
+def error_response(
+    request: Request, kind: HttpKind, message: str, code: int, *, count: bool = True
+) -> JSONResponse:
     headers = {}
     if kind.status == 429:
         headers["Retry-After"] = str(runtime_of(request).retry_after_seconds())
     if kind.status == 401:
         headers["WWW-Authenticate"] = 'Bearer, Basic realm="sdxs-rt"'
-    runtime_of(request).metrics.count_error_kind(kind.kind)
+    if count:
+        runtime_of(request).metrics.count_error_kind(kind.kind)
     return JSONResponse(error_body(kind, message, code), status_code=kind.status, headers=headers)
 
 
 async def on_sdxs_error(request: Request, exc: SdxsError) -> JSONResponse:
-    return error_response(request, kind_of(exc), str(exc), exc.exit_code)
+    counted = getattr(exc, "counted", False)  # a failed job's error, counted when it failed
+    return error_response(request, kind_of(exc), str(exc), exc.exit_code, count=not counted)
 
 
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

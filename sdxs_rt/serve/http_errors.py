@@ -25,10 +25,13 @@ class StorageFull(SdxsError):
     """The output folder cannot take the image (disk full, quota, file size limit)."""
 
     exit_code = EXIT_DEVICE
+    counted = False  # True once sdxs_errors_total holds it (a failed job's, counted when it failed)
 
 
 class JobFailed(SdxsError):
     """A queued job that failed: its one-sentence error and the exit code of its kind."""
+
+    counted = False  # as StorageFull's
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -132,9 +132,13 @@ class ServerRuntime:
         message = result.error or "the job failed"
         with self._lock:
             storage = job.id in self._storage_failures
-        if storage:
-            raise StorageFull(message)
-        raise JobFailed(message, result.exit_code or EXIT_UNEXPECTED)
+        error: StorageFull | JobFailed = (
+            StorageFull(message)
+            if storage
+            else JobFailed(message, result.exit_code or EXIT_UNEXPECTED)
+        )
+        error.counted = True  # the metrics counted the failed job already: not again as an answer
+        raise error
 
     def _failure_kind(self, job_id: str) -> str | None:
         with self._lock:

@@ -59,9 +59,20 @@ def load_diffusers_module(
     # nn.Module.to, not diffusers' ModelMixin.to, which warns on every dtype cast (the U-Net and
     # the VAE keep no module in float32, so there is nothing for that warning to protect).
     nn.Module.to(module, device=device, dtype=dtype)
+    _copy_out_of_file(module, state)
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+def _copy_out_of_file(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give memory of their own to the tensors that still view the file's mmap (CPU, same
+    dtype): otherwise writing the file in place would change a loaded model, and truncating it
+    would kill the process (SIGBUS), e.g. a server's while someone updates the model folder."""
+    mapped = {tensor.untyped_storage().data_ptr() for tensor in state.values()}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.untyped_storage().data_ptr() in mapped:
+            tensor.data = tensor.data.clone()
 
 
 def _check_class_name(cls: type, config: dict[str, Any], weights: Path) -> None:
