@@ -93,34 +93,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
-    import os
-
-    from sdxs_rt.serve.config import Auth, Limits, ServerConfig
+    from sdxs_rt.serve.config import ServerConfig
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0-65535, got {args.port}")
-    if args.preview_every < 0:
-        raise UsageError(f"--preview-every must be >= 0, got {args.preview_every}")
-    if args.keep_results < 0:
-        raise UsageError(f"--keep-results must be >= 0, got {args.keep_results}")
-    keys = list(args.api_key) + (
-        [os.environ["SDXS_RT_API_KEY"]] if os.environ.get("SDXS_RT_API_KEY") else []
-    )
-    limits = Limits(
-        max_side=args.max_size,
-        max_steps=args.max_steps,
-        max_images=args.max_images,
-        max_body_bytes=args.max_body_bytes,
-        max_pending=args.max_queue,
-    )
-    return ServerConfig(
-        limits=limits,
-        auth=Auth.parse(keys, args.api_auth),
-        output_dir=Path(args.output_dir).resolve() if args.output_dir else None,
-        models_dir=Path(args.models_dir).resolve() if args.models_dir else None,
-        preview_every=args.preview_every,
-        keep_results_seconds=args.keep_results,
-    )
+    return ServerConfig.from_flags(vars(args))
 
 
 def model_from_allow_list(model: str | None, models_dir: Path | None) -> str | None:

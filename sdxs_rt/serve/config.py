@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.params import GenerationParams
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860  # A1111's: its clients default to it
+API_KEY_VARIABLE = "SDXS_RT_API_KEY"
+# The serve command's flag (and the Ray app's option) -> the Limits field it sets.
+LIMIT_FLAGS = {
+    "max_size": "max_side",
+    "max_steps": "max_steps",
+    "max_images": "max_images",
+    "max_body_bytes": "max_body_bytes",
+    "max_queue": "max_pending",
+}
 # Larger guidance scales only overflow (a cfg_scale of 1e308 draws NaN pixels): a 400, not a
 # failed job. A1111's own slider stops at 30.
 MAX_GUIDANCE = 100.0
@@ -100,3 +112,27 @@ class ServerConfig:
     models_dir: Path | None = None  # the allow-list of model folders requests may name
     preview_every: int = 5  # steps between the previews of /sdapi/v1/progress (0: none)
     keep_results_seconds: float = 600.0  # finished jobs (and their image URLs) live this long
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any]) -> ServerConfig:
+        """The settings from `sdxs-rt serve`'s flags by their names (`api_key` a list or one
+        key, plus $SDXS_RT_API_KEY); the Ray app passes its options of the same names."""
+        for name in ("preview_every", "keep_results"):
+            if flags[name] < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {flags[name]}")
+        given = flags.get("api_key") or []
+        keys = [given] if isinstance(given, str) else list(given)
+        if os.environ.get(API_KEY_VARIABLE):
+            keys.append(os.environ[API_KEY_VARIABLE])
+        return cls(
+            limits=Limits(**{field: flags[flag] for flag, field in LIMIT_FLAGS.items()}),
+            auth=Auth.parse(keys, flags.get("api_auth")),
+            output_dir=_folder(flags.get("output_dir")),
+            models_dir=_folder(flags.get("models_dir")),
+            preview_every=flags["preview_every"],
+            keep_results_seconds=flags["keep_results"],
+        )
+
+
+def _folder(value: str | os.PathLike[str] | None) -> Path | None:
+    return Path(value).resolve() if value else None

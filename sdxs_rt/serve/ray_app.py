@@ -42,10 +42,8 @@ Ray is imported by this module only (an import-linter contract keeps it out of t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -56,7 +54,7 @@ from ray.serve.schema import ApplicationStatus
 
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.serve.app import create_app
-from sdxs_rt.serve.config import Auth, Limits, ServerConfig
+from sdxs_rt.serve.config import ServerConfig
 from sdxs_rt.serve.runtime import ServerRuntime
 
 REPLICA_HEADER = "X-Sdxs-Replica"
@@ -96,6 +94,7 @@ class RayAppOptions(BaseModel):
     api_key: str | None = None  # also read from SDXS_RT_API_KEY in each replica
     api_auth: str | None = None
     output_dir: str | None = None  # a folder every replica can write (shared storage)
+    models_dir: str | None = None  # the allow-list of model names requests may use
     max_size: int = 2048
     max_steps: int = 150
     max_images: int = 8
@@ -118,21 +117,8 @@ class RayAppOptions(BaseModel):
         return self
 
     def server_config(self) -> ServerConfig:
-        keys = [key for key in (self.api_key, os.environ.get("SDXS_RT_API_KEY")) if key]
-        limits = Limits(
-            max_side=self.max_size,
-            max_steps=self.max_steps,
-            max_images=self.max_images,
-            max_body_bytes=self.max_body_bytes,
-            max_pending=self.max_queue,
-        )
-        return ServerConfig(
-            limits=limits,
-            auth=Auth.parse(keys, self.api_auth),
-            output_dir=Path(self.output_dir).resolve() if self.output_dir else None,
-            preview_every=self.preview_every,
-            keep_results_seconds=self.keep_results,
-        )
+        """As `sdxs-rt serve` makes it from its flags of the same names."""
+        return ServerConfig.from_flags(self.model_dump())
 
     def deployment_options(self) -> dict[str, Any]:
         """The arguments of `Deployment.options`: resources, replica count or autoscaling."""
