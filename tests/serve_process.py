@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -117,3 +117,14 @@ def _copy(pipe: IO[bytes], path: Path) -> None:
         for line in pipe:
             log.write(line)
             log.flush()
+
+
+def wait_for(what: str, check: Callable[[], Any], seconds: float = 20.0) -> Any:
+    """`check()`'s first truthy value, polled every 50 ms; AssertionError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {seconds} s")

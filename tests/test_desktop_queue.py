@@ -8,7 +8,6 @@ mid-run, so that "pending" is deterministic; every wait has a timeout."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,38 +30,10 @@ from sdxs_rt_desktop.state import GenerationState, ModelState, RunState
 from sdxs_rt_desktop.worker import LoadRequest
 
 from sdxs_rt.pipeline import Pipeline
+from tests.gate import Gate
 
 TIMEOUT_MS = 60_000
 WAIT = 30.0  # seconds a gated U-Net call waits for its permit
-
-
-class Gate:
-    """Closed: each U-Net call waits for a permit (`allow`); `open` lets every call through."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Semaphore(0)
-        self.permits = threading.Semaphore(0)
-        self.is_open = threading.Event()
-
-    def hook(self) -> None:
-        if self.is_open.is_set():
-            return
-        self.entered.release()
-        if not self.permits.acquire(timeout=WAIT):
-            raise TimeoutError("the test never let this U-Net call run")
-
-    def wait_entered(self) -> None:
-        assert self.entered.acquire(timeout=WAIT), "no U-Net call started"
-
-    def open(self) -> None:
-        self.is_open.set()
-        for _ in range(100):
-            self.permits.release()
-
-    def close(self) -> None:
-        self.is_open.clear()
-        while self.permits.acquire(blocking=False):
-            pass
 
 
 class GatedUNet:
@@ -80,7 +51,7 @@ class GatedUNet:
 @pytest.fixture
 def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """Every pipeline the desktop loads has its U-Net behind the gate."""
-    gate = Gate()
+    gate = Gate(WAIT)
     load = LoadRequest.load
 
     def gated_load(request: LoadRequest) -> Pipeline:

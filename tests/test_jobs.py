@@ -24,6 +24,7 @@ from sdxs_rt.jobs import (
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import Pipeline
 from tests.fakes import fake_components
+from tests.gate import Gate
 
 WAIT = 10.0  # seconds: only reached when something is broken
 STEPS = 3
@@ -36,33 +37,6 @@ def params(prompt: str = "a cat", steps: int = STEPS, **kwargs: object) -> Gener
     return GenerationParams(prompt=prompt, **values)
 
 
-class Gate:
-    """Each U-Net call announces itself and waits for a permit, unless the gate is open."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Semaphore(0)
-        self.permits = threading.Semaphore(0)
-        self.is_open = threading.Event()
-
-    def hook(self) -> None:
-        if self.is_open.is_set():
-            return
-        self.entered.release()
-        if not self.permits.acquire(timeout=WAIT):
-            raise TimeoutError("the test never let this U-Net call run")
-
-    def wait_entered(self) -> None:
-        assert self.entered.acquire(timeout=WAIT), "no U-Net call started"
-
-    def allow(self, calls: int = 1) -> None:
-        for _ in range(calls):
-            self.permits.release()
-
-    def open(self) -> None:
-        self.is_open.set()
-        self.allow(100)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -73,7 +47,7 @@ class Clock:
 
 @pytest.fixture
 def gate() -> Gate:
-    return Gate()
+    return Gate(WAIT)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ requests = pytest.importorskip("requests")
 
 from PIL import Image  # noqa: E402
 
-from tests.serve_process import ServerProcess, start_server  # noqa: E402
+from tests.serve_process import ServerProcess, start_server, wait_for  # noqa: E402
 
 TIMEOUT = 60.0  # seconds, for any one HTTP call
 KEY = "test-key-5e1f"
@@ -83,16 +83,6 @@ def solid(color: tuple[int, int, int] | int, mode: str = "RGB") -> Image.Image:
     return Image.new(mode, (64, 64), color)
 
 
-def wait_for(predicate: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
 def job_status(url: str, job_id: str, headers: dict[str, str] = AUTH) -> dict[str, Any]:
     response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=TIMEOUT, headers=headers)
     assert response.status_code == 200, response.text
@@ -116,9 +106,9 @@ def cancel_job(url: str, job_id: str, headers: dict[str, str] = AUTH) -> None:
     response = httpx.delete(f"{url}/v1/jobs/{job_id}", timeout=TIMEOUT, headers=headers)
     assert response.status_code == 200, response.text
     wait_for(
+        f"job {job_id} to end",
         lambda: job_status(url, job_id, headers)["status"] in ("cancelled", "done", "failed"),
         30,
-        f"job {job_id} to end",
     )
 
 
@@ -243,9 +233,9 @@ def test_webuiapi_progress_preview_and_interrupt(server: ServerProcess) -> None:
     started = time.monotonic()
     worker.start()
     progress = wait_for(
+        "progress with a preview",
         lambda: (p := api.get_progress())["progress"] > 0 and p["current_image"] and p,
         30,
-        "progress with a preview",
     )
     assert 0 < progress["progress"] < 1
     assert progress["state"]["sampling_steps"] == LONG_STEPS
@@ -348,7 +338,7 @@ def test_jobs_sse_stream_to_the_end(server: ServerProcess) -> None:
 
 def test_jobs_cancel_pending_and_list(server: ServerProcess) -> None:
     running = long_job(server.url)
-    wait_for(lambda: job_status(server.url, running)["status"] == "running", 30, "running")
+    wait_for("running", lambda: job_status(server.url, running)["status"] == "running", 30)
     response = submit_job(server.url, {"prompt": "waits", "width": 64, "height": 64})
     assert response.status_code == 202, response.text
     pending = response.json()["id"]
@@ -445,7 +435,7 @@ def test_full_queue_answers_429_with_retry_after(server: ServerProcess) -> None:
     url, headers = server.url, bearer()
     running = long_job(url, headers)
     try:
-        wait_for(lambda: job_status(url, running, headers)["status"] == "running", 30, "running")
+        wait_for("running", lambda: job_status(url, running, headers)["status"] == "running", 30)
         waiting = long_job(url, headers)  # the one place in the queue
         try:
             response = submit_job(url, {"prompt": "one too many"}, headers)

@@ -37,7 +37,7 @@ httpx = pytest.importorskip("httpx")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tests.serve_process import ServerProcess, start_server  # noqa: E402
+from tests.serve_process import ServerProcess, start_server, wait_for  # noqa: E402
 
 TIMEOUT = 30.0  # seconds, for any one HTTP call
 LONG_STEPS = 1000  # the most the model takes: 25+ s of work here, only ever cancelled
@@ -73,16 +73,6 @@ def submit(url: str, steps: int = 2, seed: int | None = None) -> dict[str, Any]:
 def jobs(url: str) -> list[dict[str, Any]]:
     listing: list[dict[str, Any]] = httpx.get(f"{url}/v1/jobs", timeout=TIMEOUT).json()
     return listing
-
-
-def wait_for(what: str, check: Any, seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not within {seconds} s")
 
 
 def final_state(url: str, job_id: str) -> dict[str, Any] | None:
