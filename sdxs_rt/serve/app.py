@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -64,12 +64,11 @@ def create_app(runtime: ServerRuntime, *, manage_runtime: bool = True) -> FastAP
     # Our own limit, not FastAPI's max_body_size: that one answers 413 in plain text.
     app.add_middleware(BodyLimit, max_bytes=runtime.config.limits.max_body_bytes)
     app.add_middleware(AuthGate)  # outermost: no body is read before the credentials pass
-    guarded = [Depends(require_auth)]
-    app.include_router(a1111.router, dependencies=guarded)
-    app.include_router(openai_images.router, dependencies=guarded)
-    app.include_router(jobs_api.router, dependencies=guarded)
+    app.include_router(a1111.router)
+    app.include_router(openai_images.router)
+    app.include_router(jobs_api.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["server"])
-    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["server"], dependencies=guarded)
+    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["server"])
     return app
 
 
@@ -103,9 +102,9 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", 
 
 
 class AuthGate:
-    """Credentials first, before routing and before the body is read: a request without them
-    gets 401 whatever its body (the routers' `require_auth` dependency runs after FastAPI has
-    parsed the body, so it alone would answer 400/422 to an unauthenticated bad body)."""
+    """The one place credentials are checked: first, before routing and before the body is
+    read, so a request without them gets 401 whatever its body (a route dependency would run
+    only after FastAPI parsed the body, answering 400/422 to an unauthenticated bad body)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
