@@ -80,6 +80,9 @@ class ServerRuntime:
             pipe,
             max_pending=config.limits.max_pending,
             keep_results_seconds=config.keep_results_seconds,
+            # Listeners get events through `_on_event`; the per-job buffer would only keep
+            # previews alive until the result expires.
+            event_buffer=1,
             image_sink=self._save if config.output_dir is not None else None,
         )
         self.metrics.track_queue(lambda: len(self.queue.pending()))
