@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-pytest.importorskip("locust")
+# Not importorskip("locust"): importing it here would let gevent patch this test process.
 
 SECONDS = 5
 DEADLINE = 240  # the server's start (about 10 s here), two runs, the waits between

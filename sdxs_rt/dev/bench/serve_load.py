@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--seconds", type=float, default=20.0, help="per client count")
     parser.add_argument("--max-queue", type=int, default=8, help="the started server's")
-    parser.add_argument("--url", default=None, help="an running server instead of a new one")
+    parser.add_argument("--url", default=None, help="a running server instead of a new one")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows here")
     parser.add_argument("--log", default="serve_load-server.log", help="the server's log")
     args = parser.parse_args(argv)
