@@ -25,6 +25,7 @@ import httpx
 START_SECONDS = 120.0
 STOP_SECONDS = 60.0
 HOST = "127.0.0.1"
+CLI = (sys.executable, "-m", "sdxs_rt.commands.cli")  # what runs `serve ARGS`
 
 
 def free_port() -> int:
@@ -78,12 +79,14 @@ def start_server(
     preexec_fn: Callable[[], None] | None = None,
     headers: dict[str, str] | None = None,
     log_pipe: bool = False,
+    launcher: Sequence[str] = CLI,
 ) -> ServerProcess:
     """Start `sdxs-rt serve ARGS` on the built-in model (unless ARGS name another) and wait
-    until /healthz answers 200. `log_pipe`: the server writes its log to a pipe, not a file."""
+    until /healthz answers 200. `log_pipe`: the server writes its log to a pipe, not a file;
+    `launcher`: the command line before `serve` (e.g. a script that blocks torch)."""
     port = free_port()
     log_path = workdir / f"server-{port}.log"
-    command = [sys.executable, "-m", "sdxs_rt.commands.cli", "serve", "--port", str(port), *args]
+    command = [*launcher, "serve", "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             command,
