@@ -12,7 +12,7 @@ from PIL import Image
 
 from sdxs_rt.commands.cli import build_parser
 from sdxs_rt.commands.serve import is_loopback, model_from_allow_list, server_config
-from sdxs_rt.errors import ModelNotFoundError, OutOfMemoryError, UsageError
+from sdxs_rt.errors import DeviceError, ModelNotFoundError, OutOfMemoryError, UsageError
 from sdxs_rt.jobs import QueueClosed, QueueFull, UnknownJob
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.serve.config import Auth, Limits
@@ -158,3 +158,20 @@ def test_loopback_hosts_and_the_allow_list_model(tmp_path) -> None:  # type: ign
     assert model_from_allow_list("mine", tmp_path) == str(tmp_path / "mine")
     assert model_from_allow_list("AiArtLab/sdxs", tmp_path) == "AiArtLab/sdxs"
     assert model_from_allow_list("mine", None) == "mine"
+
+
+def test_serve_without_its_extra_says_which_package_is_missing(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    from sdxs_rt.commands import serve
+    from sdxs_rt.commands.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "uvicorn" else real_find_spec(name, *a),
+    )
+    with pytest.raises(DeviceError, match=r"'uvicorn'.*sdxs-rt\[serve\]"):
+        serve.check_serve_installed()
+    assert main(["serve", "--port", "0"]) == 4  # before any model loads

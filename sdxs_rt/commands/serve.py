@@ -9,6 +9,7 @@ jobs cancelled, the running job stopped at its next step), then uvicorn closes. 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import logging
 import sys
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sdxs_rt.commands.generate import add_load_arguments
 from sdxs_rt.commands.generate_options import LoadOptions
-from sdxs_rt.errors import EXIT_OK, UsageError
+from sdxs_rt.errors import EXIT_OK, DeviceError, UsageError
 
 if TYPE_CHECKING:
     from sdxs_rt.serve.config import ServerConfig
@@ -116,7 +117,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+SERVE_PACKAGES = ("fastapi", "uvicorn", "prometheus_client")  # the [serve] extra
+
+
+def check_serve_installed() -> None:
+    """One sentence instead of an ImportError when the [serve] extra is missing."""
+    for name in SERVE_PACKAGES:
+        if importlib.util.find_spec(name) is None:
+            raise DeviceError(
+                f"sdxs-rt serve needs the Python package {name!r}; "
+                "install it with: pip install 'sdxs-rt[serve]'"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_serve_installed()
     config = server_config(args)
     if config.models_dir is not None and not config.models_dir.is_dir():
         raise UsageError(f"--models-dir {config.models_dir} is not a folder")
