@@ -92,7 +92,29 @@ def describe_output(generation: GenerationState, input_size: tuple[int, int] | N
     return f"Output {width} × {height} px"
 
 
-class InputThumbnail(QLabel):
+class ImageDropTarget:
+    """A widget mixin (list it before the Qt class): accepts drags that carry image files and
+    hands their paths to `take_dropped`."""
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if dropped_image_paths(event):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        paths = dropped_image_paths(event)
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self.take_dropped(paths)
+
+    def take_dropped(self, paths: list[Path]) -> None:
+        raise NotImplementedError
+
+
+class InputThumbnail(ImageDropTarget, QLabel):
     """The init image's thumbnail; a drop zone for image files."""
 
     image_dropped = Signal(str)
@@ -115,23 +137,8 @@ class InputThumbnail(QLabel):
         scaled = image.scaled(THUMBNAIL, keep_aspect, Qt.TransformationMode.SmoothTransformation)
         self.setPixmap(QPixmap.fromImage(scaled))
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if self._dropped_paths(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = self._dropped_paths(event)
-        if not paths:
-            event.ignore()
-            return
-        event.acceptProposedAction()
+    def take_dropped(self, paths: list[Path]) -> None:
         self.image_dropped.emit(str(paths[0]))
-
-    @staticmethod
-    def _dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
-        return dropped_image_paths(event)
 
 
 class ImageInputPanel(QGroupBox):

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage, QPixmap
+from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -38,7 +38,7 @@ from sdxs_rt_desktop.image_prompts import (
 )
 from sdxs_rt_desktop.state import GenerationState, ModelState
 from sdxs_rt_desktop.widgets.binding import follow
-from sdxs_rt_desktop.widgets.image_input import IMAGE_FILTER, dropped_image_paths
+from sdxs_rt_desktop.widgets.image_input import IMAGE_FILTER, ImageDropTarget
 from sdxs_rt_desktop.widgets.text import ERROR_STYLE, HINT_STYLE, as_sentence
 
 from sdxs_rt.errors import SdxsError
@@ -120,7 +120,7 @@ class ImagePromptRow(QWidget):
         return self.weight_spin.value()
 
 
-class ImagePromptsPanel(QGroupBox):
+class ImagePromptsPanel(ImageDropTarget, QGroupBox):
     """See the module docstring; `model` (optional) says whether the loaded model takes them."""
 
     def __init__(
@@ -194,23 +194,8 @@ class ImagePromptsPanel(QGroupBox):
     def set_weight(self, index: int, weight: float) -> None:
         self.generation.image_prompts = with_weight(self.generation.image_prompts, index, weight)
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if self._dropped_paths(event):
-            event.acceptProposedAction()
-        else:
-            event.ignore()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        paths = self._dropped_paths(event)
-        if not paths:
-            event.ignore()
-            return
-        event.acceptProposedAction()
+    def take_dropped(self, paths: list[Path]) -> None:
         self.add_files(paths)
-
-    @staticmethod
-    def _dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
-        return dropped_image_paths(event)
 
     # ---------------------------------------------------------------- showing the state
 
