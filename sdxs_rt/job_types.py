@@ -90,6 +90,7 @@ class JobResult:
     seeds: list[int] = field(default_factory=list)
     error: str | None = None  # one sentence, for failed jobs
     exit_code: int | None = None  # the error's exit code (sdxs_rt.errors), for failed jobs
+    error_class: type[BaseException] | None = None  # what was raised, for failed jobs
     seconds: float = 0.0  # wall time of the run (time.perf_counter, not the injected clock)
 
 

@@ -308,16 +308,20 @@ class JobQueue:
                 self._running = job
                 self._push_locked(job, StatusEvent(job.id, JobStatus.RUNNING))
             self._call_back(job, StatusEvent(job.id, JobStatus.RUNNING))
-            status, error, seconds = self._run(job)
+            status, failure, seconds = self._run(job)
             with self._cond:
                 assert job._result is not None  # a job's result expires only once it is final
-                job._result.error, job._result.exit_code = error if error else (None, None)
+                if failure is not None:
+                    result = job._result
+                    result.error, result.exit_code, result.error_class = failure
                 job._result.seconds = seconds
                 self._running = None
                 self._finish_locked(job, status)
             self._call_back(job, StatusEvent(job.id, status))
 
-    def _run(self, job: Job) -> tuple[JobStatus, tuple[str, int] | None, float]:
+    def _run(
+        self, job: Job
+    ) -> tuple[JobStatus, tuple[str, int, type[BaseException]] | None, float]:
         started = time.perf_counter()
         made = 0
         try:
@@ -344,7 +348,8 @@ class JobQueue:
         except Exception as exc:  # a failed job must not stop the worker
             if not isinstance(exc, SdxsError):
                 log.exception("job %s failed", job.id)
-            failure = (_sentence(exc), _exit_code(exc))
+            # The sentence, exit code and class only: the exception would keep the frames alive.
+            failure = (_sentence(exc), _exit_code(exc), type(exc))
             return JobStatus.FAILED, failure, time.perf_counter() - started
         seconds = time.perf_counter() - started
         if made >= job.plan.params.num_images:

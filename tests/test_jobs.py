@@ -233,6 +233,7 @@ def test_a_failing_job_reports_a_sentence_and_the_next_one_runs(clock: Clock) ->
         assert broken.status is JobStatus.FAILED
         assert jobs.result(broken.id).error == "RuntimeError: the fake U-Net broke"
         assert jobs.result(broken.id).exit_code == 1  # not an SdxsError: unexpected
+        assert jobs.result(broken.id).error_class is RuntimeError
         assert fine.status is JobStatus.DONE
 
 
@@ -256,6 +257,7 @@ def test_an_image_sink_that_fails_fails_the_job_with_its_exit_code(clock: Clock)
         assert full.status is JobStatus.FAILED
         assert jobs.result(full.id).error == "the output folder is full"
         assert jobs.result(full.id).exit_code == 4
+        assert jobs.result(full.id).error_class is DiskFull
         assert jobs.result(full.id).images == []  # the unsaved image is not handed out
     assert kept == [1, 3]
 

@@ -16,7 +16,13 @@ from sdxs_rt.errors import DeviceError, ModelNotFoundError, OutOfMemoryError, Us
 from sdxs_rt.jobs import QueueClosed, QueueFull, UnknownJob
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.serve.config import Auth, Limits
-from sdxs_rt.serve.http_errors import ModelNotServed, StorageFull, error_body, kind_of
+from sdxs_rt.serve.http_errors import (
+    ModelNotServed,
+    StorageFull,
+    error_body,
+    kind_of,
+    kind_of_class,
+)
 from sdxs_rt.serve.image_codec import decode_image
 from sdxs_rt.serve.models import check_model_name, listed_models
 
@@ -96,6 +102,13 @@ def test_models_are_named_never_pathed(tmp_path) -> None:  # type: ignore[no-unt
 )
 def test_each_error_has_its_status(error: BaseException, status: int, kind: str) -> None:
     assert (kind_of(error).status, kind_of(error).kind) == (status, kind)
+
+
+def test_a_failed_jobs_kind_comes_from_its_class_before_its_exit_code() -> None:
+    # A full output folder fails a job with the exit code of any unavailable device (4).
+    assert kind_of_class(StorageFull, 4).status == 507
+    assert kind_of_class(DeviceError, 4).status == 503
+    assert kind_of_class(RuntimeError, 1).kind == "unexpected"
 
 
 def test_error_bodies_are_one_line() -> None:

@@ -29,6 +29,7 @@ from sdxs_rt.serve.http_errors import (
     INVALID_REQUEST,
     TOO_LARGE,
     HttpKind,
+    JobFailed,
     Unauthorized,
     error_body,
     kind_of,
@@ -228,7 +229,7 @@ def error_response(
 
 
 async def on_sdxs_error(request: Request, exc: SdxsError) -> JSONResponse:
-    counted = getattr(exc, "counted", False)  # a failed job's error, counted when it failed
+    counted = isinstance(exc, JobFailed)  # counted when the job failed
     return error_response(request, kind_of(exc), str(exc), exc.exit_code, count=not counted)
 
 

@@ -25,17 +25,16 @@ class StorageFull(SdxsError):
     """The output folder cannot take the image (disk full, quota, file size limit)."""
 
     exit_code = EXIT_DEVICE
-    counted = False  # True once sdxs_errors_total holds it (a failed job's, counted when it failed)
 
 
 class JobFailed(SdxsError):
-    """A queued job that failed: its one-sentence error and the exit code of its kind."""
+    """A queued job that failed, as its waiting request answers: the job's sentence, exit code
+    and kind (sdxs_errors_total counted it when the job failed, not again as an answer)."""
 
-    counted = False  # as StorageFull's
-
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, kind: HttpKind) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.kind = kind
 
 
 class JobCancelled(SdxsError):
@@ -85,14 +84,19 @@ BAD_LENGTH = HttpKind(400, "bad_request")  # a Content-Length header that is not
 
 
 def kind_of(exc: BaseException) -> HttpKind:
+    if isinstance(exc, JobFailed):
+        return exc.kind
+    return kind_of_class(
+        type(exc), exc.exit_code if isinstance(exc, SdxsError) else EXIT_UNEXPECTED
+    )
+
+
+def kind_of_class(error_class: type[BaseException], exit_code: int) -> HttpKind:
+    """The kind of an error known by its class and exit code (a failed job's result)."""
     for cls, kind in BY_CLASS:
-        if isinstance(exc, cls):
+        if issubclass(error_class, cls):
             return kind
-    return kind_of_exit_code(exc.exit_code if isinstance(exc, SdxsError) else EXIT_UNEXPECTED)
-
-
-def kind_of_exit_code(code: int) -> HttpKind:
-    return BY_EXIT_CODE.get(code, BY_EXIT_CODE[EXIT_UNEXPECTED])
+    return BY_EXIT_CODE.get(exit_code, BY_EXIT_CODE[EXIT_UNEXPECTED])
 
 
 def error_body(kind: HttpKind, message: str, exit_code: int) -> dict[str, object]:

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sdxs_rt.errors import EXIT_UNEXPECTED
 from sdxs_rt.jobs import JobEvent, JobQueue, JobStatus, ProgressEvent, StatusEvent
-from sdxs_rt.serve.http_errors import kind_of_exit_code
+from sdxs_rt.serve.http_errors import kind_of_class
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JOB_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
@@ -52,9 +53,6 @@ class ServerMetrics:
         self._seconds_total = 0.0
         self._jobs_finished = 0
         self._started: dict[str, float] = {}
-        # The error kind of a failed job whose kind its exit code does not tell (a full output
-        # folder fails with the exit code of any unavailable device); None: by exit code.
-        self.failure_kind: Callable[[str], str | None] = lambda job_id: None
 
     def track_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(depth)
@@ -107,15 +105,12 @@ class ServerMetrics:
             self._count_failure(event.job_id, queue)
 
     def _count_failure(self, job_id: str, queue: JobQueue) -> None:
-        kind = self.failure_kind(job_id)
-        if kind is not None:
-            self.errors.labels(kind=kind).inc()
-            return
         try:
-            code = queue.result(job_id).exit_code
+            result = queue.result(job_id)
         except LookupError:
             return
-        self.errors.labels(kind=kind_of_exit_code(code or 1).kind).inc()
+        kind = kind_of_class(result.error_class or Exception, result.exit_code or EXIT_UNEXPECTED)
+        self.errors.labels(kind=kind.kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,7 +16,7 @@ Rules (README, "Serving"):
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import errno
 import threading
 import time
@@ -41,14 +41,12 @@ from sdxs_rt.metadata import make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.serve.config import ServerConfig
-from sdxs_rt.serve.http_errors import JobFailed, StorageFull, kind_of
+from sdxs_rt.serve.http_errors import JobFailed, StorageFull, kind_of_class
 from sdxs_rt.serve.metrics import ServerMetrics
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 DISCONNECT_POLL_SECONDS = 0.25
 SHUTDOWN_SECONDS = 30.0
-MAX_REMEMBERED_FAILURES = 256
-STORAGE_FULL_KIND = kind_of(StorageFull("")).kind
 
 
 @dataclass
@@ -63,11 +61,11 @@ class LiveJob:
 
 @dataclass
 class Listener:
-    """An asyncio consumer of one job's events (or of every job's, with job_id None)."""
+    """An asyncio consumer of one job's events."""
 
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue[JobEvent]
-    job_id: str | None
+    job_id: str
 
 
 class ServerRuntime:
@@ -86,11 +84,9 @@ class ServerRuntime:
             image_sink=self._save if config.output_dir is not None else None,
         )
         self.metrics.track_queue(lambda: len(self.queue.pending()))
-        self.metrics.failure_kind = self._failure_kind
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._live: dict[str, LiveJob] = {}  # running jobs (one, with one worker)
-        self._storage_failures: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.shutting_down = False
 
     def start(self) -> None:
@@ -132,20 +128,9 @@ class ServerRuntime:
         if job.status is not JobStatus.FAILED:
             return
         result = self.queue.result(job.id)
-        message = result.error or "the job failed"
-        with self._lock:
-            storage = job.id in self._storage_failures
-        error: StorageFull | JobFailed = (
-            StorageFull(message)
-            if storage
-            else JobFailed(message, result.exit_code or EXIT_UNEXPECTED)
-        )
-        error.counted = True  # the metrics counted the failed job already: not again as an answer
-        raise error
-
-    def _failure_kind(self, job_id: str) -> str | None:
-        with self._lock:
-            return STORAGE_FULL_KIND if job_id in self._storage_failures else None
+        code = result.exit_code or EXIT_UNEXPECTED
+        kind = kind_of_class(result.error_class or Exception, code)
+        raise JobFailed(result.error or "the job failed", code, kind)
 
     def live(self, job_id: str) -> LiveJob | None:
         with self._lock:
@@ -162,17 +147,15 @@ class ServerRuntime:
         come faster than that for its whole run)."""
         listener = self.listen(job.id)
         loop = asyncio.get_running_loop()
+        next_check = loop.time() + DISCONNECT_POLL_SECONDS
         try:
             while not job.status.final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listener.queue.get(), DISCONNECT_POLL_SECONDS)
+                if job.status.final or loop.time() < next_check:
+                    continue
                 next_check = loop.time() + DISCONNECT_POLL_SECONDS
-                while not job.status.final and loop.time() < next_check:
-                    try:
-                        await asyncio.wait_for(
-                            listener.queue.get(), max(0.0, next_check - loop.time())
-                        )
-                    except TimeoutError:
-                        break
-                if not job.status.final and await is_disconnected():  # type: ignore[misc]
+                if await is_disconnected():  # type: ignore[misc]
                     self.queue.cancel(job.id)
                     self.metrics.disconnected()
                     return
@@ -181,7 +164,7 @@ class ServerRuntime:
 
     # -- listeners ------------------------------------------------------------------------
 
-    def listen(self, job_id: str | None) -> Listener:
+    def listen(self, job_id: str) -> Listener:
         listener = Listener(asyncio.get_running_loop(), asyncio.Queue(), job_id)
         with self._lock:
             self._listeners.append(listener)
@@ -197,7 +180,7 @@ class ServerRuntime:
         self.metrics.observe(event, self.queue)
         with self._lock:
             self._track(event)
-            listeners = [x for x in self._listeners if x.job_id in (None, event.job_id)]
+            listeners = [x for x in self._listeners if x.job_id == event.job_id]
         for listener in listeners:
             try:
                 listener.loop.call_soon_threadsafe(listener.queue.put_nowait, event)
@@ -226,10 +209,6 @@ class ServerRuntime:
             save_png(ready.image, path, pnginfo=png_info(record))
         except OSError as exc:
             if exc.errno in FULL_ERRNOS:
-                with self._lock:
-                    self._storage_failures[job.id] = None
-                    while len(self._storage_failures) > MAX_REMEMBERED_FAILURES:
-                        self._storage_failures.popitem(last=False)
                 raise StorageFull(
                     f"the output folder {self.config.output_dir} is full ({exc.strerror}); "
                     "the image was not saved"
