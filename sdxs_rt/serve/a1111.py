@@ -20,13 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdxs_rt import __version__
 from sdxs_rt.errors import UsageError
 from sdxs_rt.infotext import format_parameters
-from sdxs_rt.metadata import make_record
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.scheduler_table import SAMPLERS, entry_for, scheduler_for_label
 from sdxs_rt.serve.config import Limits
 from sdxs_rt.serve.image_codec import decode_image, png_base64
 from sdxs_rt.serve.models import check_model_name, served_models
-from sdxs_rt.serve.runtime import ServerRuntime
+from sdxs_rt.serve.runtime import ServerRuntime, runtime_of
 
 router = APIRouter(prefix="/sdapi/v1", tags=["A1111"])
 
@@ -123,11 +122,6 @@ class ImagesResponse(BaseModel):
     images: list[str]
     parameters: dict[str, Any]
     info: str
-
-
-def runtime_of(request: Request) -> ServerRuntime:
-    runtime: ServerRuntime = request.app.state.runtime
-    return runtime
 
 
 # -- requests -> GenerationParams ----------------------------------------------------------
@@ -240,21 +234,16 @@ async def img2img(req: Img2ImgRequest, request: Request) -> dict[str, Any]:
 
 async def run(req: Txt2ImgRequest, params: GenerationParams, request: Request) -> dict[str, Any]:
     runtime = runtime_of(request)
-    job = runtime.submit(params, previews=True)
-    await runtime.wait(job, request.is_disconnected)
-    runtime.check_failed(job)
-    result = runtime.queue.result(job.id)
-    records = [make_record(runtime.pipe, job.plan, index) for index in range(len(result.images))]
+    done = await runtime.generate(params, request, previews=True)
     images = [
-        png_base64(image, record) for image, record in zip(result.images, records, strict=True)
+        png_base64(image, record)
+        for image, record in zip(done.result.images, done.records, strict=True)
     ]
-    echo = req.model_dump(exclude={"init_images", "mask"})
+    infotexts = [format_parameters(record) for record in done.records]
     return {
         "images": images if req.send_images else [],
-        "parameters": echo,
-        "info": json.dumps(
-            info(runtime, job.plan, [format_parameters(r) for r in records], result.seeds)
-        ),
+        "parameters": req.model_dump(exclude={"init_images", "mask"}),
+        "info": json.dumps(info(runtime, done.job.plan, infotexts, done.result.seeds)),
     }
 
 

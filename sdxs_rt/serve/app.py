@@ -35,7 +35,7 @@ from sdxs_rt.serve.http_errors import (
     kind_of,
 )
 from sdxs_rt.serve.metrics import CONTENT_TYPE
-from sdxs_rt.serve.runtime import ServerRuntime
+from sdxs_rt.serve.runtime import ServerRuntime, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,6 @@ def create_app(runtime: ServerRuntime, *, manage_runtime: bool = True) -> FastAP
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["server"])
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["server"])
     return app
-
-
-def runtime_of(request: Request) -> ServerRuntime:
-    runtime: ServerRuntime = request.app.state.runtime
-    return runtime
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -24,7 +24,7 @@ from sdxs_rt.jobs import ImageReady, Job, JobEvent, ProgressEvent, StatusEvent
 from sdxs_rt.metadata import make_record
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.serve.image_codec import decode_image, png_base64, png_bytes
-from sdxs_rt.serve.runtime import ServerRuntime
+from sdxs_rt.serve.runtime import ServerRuntime, runtime_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -91,11 +91,6 @@ def params_of(req: JobRequest, runtime: ServerRuntime) -> GenerationParams:
     params = GenerationParams(**fields)
     limits.check(params)
     return params
-
-
-def runtime_of(request: Request) -> ServerRuntime:
-    runtime: ServerRuntime = request.app.state.runtime
-    return runtime
 
 
 def summary(runtime: ServerRuntime, job: Job, request: Request) -> dict[str, Any]:

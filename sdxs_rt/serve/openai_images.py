@@ -19,12 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sdxs_rt.errors import UsageError
 from sdxs_rt.infotext import format_parameters
-from sdxs_rt.metadata import make_record
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.serve.http_errors import JobCancelled
 from sdxs_rt.serve.image_codec import png_base64
 from sdxs_rt.serve.models import check_model_name
-from sdxs_rt.serve.runtime import ServerRuntime
+from sdxs_rt.serve.runtime import ServerRuntime, runtime_of
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI"])
 SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
@@ -81,21 +80,17 @@ def params_of(req: ImageGenerationRequest, runtime: ServerRuntime) -> Generation
 
 @router.post("/generations")
 async def generations(req: ImageGenerationRequest, request: Request) -> dict[str, Any]:
-    runtime: ServerRuntime = request.app.state.runtime
-    job = runtime.submit(params_of(req, runtime), previews=False)
-    await runtime.wait(job, request.is_disconnected)
-    runtime.check_failed(job)
-    result = runtime.queue.result(job.id)
+    runtime = runtime_of(request)
+    done = await runtime.generate(params_of(req, runtime), request, previews=False)
     data = []
-    for index, (image, seed) in enumerate(zip(result.images, result.seeds, strict=True)):
-        record = make_record(runtime.pipe, job.plan, index)
+    for index, (image, record) in enumerate(zip(done.result.images, done.records, strict=True)):
         item: dict[str, Any] = {
             "revised_prompt": None,
-            "seed": seed,
+            "seed": done.result.seeds[index],
             "infotext": format_parameters(record),
         }
         if req.response_format == "url":
-            item["url"] = str(request.url_for("job_image", job_id=job.id, index=index))
+            item["url"] = str(request.url_for("job_image", job_id=done.job.id, index=index))
         else:
             item["b64_json"] = png_base64(image, record)
         data.append(item)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from PIL import Image
+from starlette.requests import Request
 
 from sdxs_rt.errors import EXIT_UNEXPECTED
 from sdxs_rt.images import save_png
@@ -32,12 +33,13 @@ from sdxs_rt.jobs import (
     Job,
     JobEvent,
     JobQueue,
+    JobResult,
     JobStatus,
     ProgressEvent,
     QueueClosed,
     StatusEvent,
 )
-from sdxs_rt.metadata import make_record, png_info
+from sdxs_rt.metadata import ImageRecord, make_record, png_info
 from sdxs_rt.params import GenerationParams
 from sdxs_rt.pipeline import Pipeline
 from sdxs_rt.serve.config import ServerConfig
@@ -57,6 +59,15 @@ class LiveJob:
     step: int = 0  # steps done
     total_steps: int = 0
     preview: Image.Image | None = None  # the newest decoded preview (first image of the batch)
+
+
+@dataclass
+class Finished:
+    """A waited-for job that did not fail: its result and each image's metadata record."""
+
+    job: Job
+    result: JobResult
+    records: list[ImageRecord]
 
 
 @dataclass
@@ -141,6 +152,18 @@ class ServerRuntime:
         """A guess for 429 answers: the waiting jobs times the mean job time (at least 1 s)."""
         return max(1, round(len(self.queue.pending()) * self.metrics.mean_job_seconds()))
 
+    async def generate(
+        self, params: GenerationParams, request: Request, *, previews: bool
+    ) -> Finished:
+        """Queue `params`, wait for the job (cancelled if the client leaves), raise its error
+        if it failed: what the endpoints that answer with images share."""
+        job = self.submit(params, previews=previews)
+        await self.wait(job, request.is_disconnected)
+        self.check_failed(job)
+        result = self.queue.result(job.id)
+        records = [make_record(self.pipe, job.plan, index) for index in range(len(result.images))]
+        return Finished(job, result, records)
+
     async def wait(self, job: Job, is_disconnected: Callable[[], object]) -> None:
         """Until `job` is final; cancels it when the client goes away first. The client is
         checked every DISCONNECT_POLL_SECONDS whether or not events come (a job's steps may
@@ -214,3 +237,9 @@ class ServerRuntime:
                     "the image was not saved"
                 ) from None
             raise
+
+
+def runtime_of(request: Request) -> ServerRuntime:
+    """The runtime of the app that `request` reached (every router's way to it)."""
+    runtime: ServerRuntime = request.app.state.runtime
+    return runtime
